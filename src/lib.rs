@@ -1,0 +1,2 @@
+//! Homeport: a clustered IoT device broker and runtime.
+pub mod mqtt;
