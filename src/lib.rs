@@ -1,2 +1,24 @@
 //! Homeport: a clustered IoT device broker and runtime.
+//!
+//! Map of the crate (see `docs/ARCHITECTURE.md` for how config becomes tasks and actors):
+//! - [`mqtt`]: pure wire protocol, MQTT 3.1.1 and 5.0.
+//! - [`broker`]: subscription trie, router, retained messages, session routing slots.
+//! - [`session`]: pure session state machines and the persisted session record.
+//! - [`device`]: device actors (one per client id) and their supervisor.
+//! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
+//! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
+//! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`config`]: the typed, validated configuration tree.
+//! - [`node`]: wires one node together; start and shutdown order.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod device;
 pub mod mqtt;
+pub mod node;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

@@ -1,1 +1,156 @@
-fn main() {}
+//! The `homeport` binary: `serve`, `gen-config`, `check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use homeport::config::{Config, LogFormat, DEFAULT_TOML};
+use homeport::node::Node;
+
+#[derive(Parser)]
+#[command(name = "homeport", version, about = "Clustered IoT device broker and runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (embedded default config unless --config is given).
+    Serve(ServeArgs),
+    /// Print the documented default configuration.
+    GenConfig,
+    /// Validate a configuration file; names the bad field.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "HOMEPORT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides node.id.
+    #[arg(long, env = "HOMEPORT_NODE_ID")]
+    node_id: Option<String>,
+    /// Overrides node.data_dir.
+    #[arg(long, env = "HOMEPORT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Overrides listeners.tcp.bind.
+    #[arg(long, env = "HOMEPORT_MQTT_BIND")]
+    mqtt_bind: Option<SocketAddr>,
+    /// Overrides listeners.ws.bind.
+    #[arg(long, env = "HOMEPORT_WS_BIND")]
+    ws_bind: Option<SocketAddr>,
+    /// Overrides admin.bind.
+    #[arg(long, env = "HOMEPORT_ADMIN_BIND")]
+    admin_bind: Option<SocketAddr>,
+    /// Overrides log.format (text or json).
+    #[arg(long, env = "HOMEPORT_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Overrides log.level (a tracing filter such as "info" or "homeport=debug").
+    #[arg(long, env = "HOMEPORT_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::from_toml(DEFAULT_TOML)?,
+    };
+    if let Some(v) = &args.node_id {
+        cfg.node.id.clone_from(v);
+    }
+    if let Some(v) = &args.data_dir {
+        cfg.node.data_dir.clone_from(v);
+    }
+    if let Some(v) = args.mqtt_bind {
+        cfg.listeners.tcp.get_or_insert(homeport::config::TcpListenerConfig { bind: v }).bind = v;
+    }
+    if let Some(v) = args.ws_bind {
+        match &mut cfg.listeners.ws {
+            Some(ws) => ws.bind = v,
+            None => {
+                cfg.listeners.ws =
+                    Some(homeport::config::WsListenerConfig { bind: v, path: "/mqtt".into() })
+            }
+        }
+    }
+    if let Some(v) = args.admin_bind {
+        cfg.admin.bind = Some(v);
+    }
+    if let Some(v) = &args.log_format {
+        cfg.log.format = match v.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("--log-format: expected text or json, got {other:?}"),
+        };
+    }
+    if let Some(v) = &args.log_level {
+        cfg.log.level.clone_from(v);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = load(&args)?;
+    homeport::telemetry::init_logging(&cfg.log);
+    let node = Node::start(cfg).await.context("starting node")?;
+    wait_for_signal().await;
+    tracing::info!(message = "shutting down");
+    node.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::GenConfig => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+        },
+        Cmd::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting runtime")
+            .and_then(|rt| rt.block_on(serve(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

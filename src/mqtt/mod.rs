@@ -21,5 +21,8 @@ pub use packet::*;
 pub use properties::Properties;
 pub use reason::{connack_v3_code, ReasonCode};
 
+/// Largest packet the protocol can express (remaining length 268,435,455 plus header).
+pub const MAX_PACKET_SIZE: u32 = 268_435_460;
+
 #[cfg(test)]
 mod tests;

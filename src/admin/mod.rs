@@ -1,0 +1,79 @@
+//! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//!
+//! Owns: the HTTP surface for operators. Must not touch: broker internals beyond reading
+//! metrics and readiness. Errors are JSON bodies `{"code": ..., "message": ...}`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::telemetry::Metrics;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Set once every listener is bound and sessions are restored; cleared at shutdown.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is starting or stopping")
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Binds the admin server; it runs until `shutdown` flips.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let app = router(state);
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(message = "admin server failed", error = %e);
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,19 @@
+//! Publish/subscribe core: the subscription trie, the router, retained messages and the
+//! routing entry of each session ([`SessionSlot`]).
+//!
+//! Owns: matching a published message to subscribers, the delivery rules (highest granted
+//! QoS, all subscription identifiers, no-local, retain-as-published, shared round robin),
+//! retained state, and the hand-off to a connected session's outbound queue or, for an
+//! offline persistent session, to its device actor. Must not touch: sockets or the MQTT
+//! codec; session state belongs to the device actor and the connection.
+
+mod message;
+mod retained;
+mod router;
+mod slot;
+pub mod trie;
+
+pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
+pub use retained::Retained;
+pub use router::{Routed, Router, SubscribeOutcome};
+pub use slot::{ConnHandle, Control, LiveState, SessionSlot, SlotRef};

@@ -1,0 +1,236 @@
+//! The router: one per node. `publish` matches under a read lock, then hands each delivery
+//! to its session without holding the trie lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::RwLock;
+use ractor::ActorRef;
+use tokio::sync::{mpsc::error::TrySendError, oneshot};
+
+use super::message::{now_ms, Delivery, Message, StoredMessage};
+use super::retained::Retained;
+use super::slot::{SessionSlot, SlotRef};
+use super::trie::{Entry, Trie};
+use crate::device::{DeviceMsg, SupervisorMsg};
+use crate::mqtt::{topic, QoS, SubOptions};
+use crate::store::{DurableAck, Store, StoreError};
+use crate::telemetry::{DropReason, Metrics};
+
+/// Result of routing one message.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Subscriptions that matched (after no-local).
+    pub matched: usize,
+    /// Resolve when every durable write this message caused (offline queues, retained) is
+    /// on disk. A QoS 1/2 publisher is acknowledged after them.
+    pub acks: Vec<DurableAck>,
+}
+
+/// Result of adding one subscription.
+#[derive(Debug)]
+pub struct SubscribeOutcome {
+    pub existed: bool,
+}
+
+pub struct Router {
+    trie: RwLock<Trie<SlotRef>>,
+    retained: RwLock<Retained>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    devices: OnceLock<ActorRef<SupervisorMsg>>,
+}
+
+impl Router {
+    /// Creates the router and loads retained messages from the store.
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Result<Router, StoreError> {
+        let mut retained = Retained::default();
+        for m in store.retained()? {
+            retained.apply(&Arc::new(m.into_message(None)));
+        }
+        metrics.retained.set(retained.len() as i64);
+        Ok(Router {
+            trie: RwLock::new(Trie::new()),
+            retained: RwLock::new(retained),
+            store,
+            metrics,
+            devices: OnceLock::new(),
+        })
+    }
+
+    /// Connects the router to the device supervisor (for offline sessions without a
+    /// running actor). Called once at start-up.
+    pub fn set_supervisor(&self, sup: ActorRef<SupervisorMsg>) {
+        let _ = self.devices.set(sup);
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.trie.read().len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Routes a message to every matching subscriber and updates retained state.
+    pub fn publish(&self, msg: Arc<Message>) -> Result<Routed, StoreError> {
+        let mut routed = Routed::default();
+        if msg.retain {
+            self.retain(&msg)?;
+            if msg.qos != QoS::AtMostOnce {
+                routed.acks.push(self.store.durable());
+            }
+        }
+        let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
+        // Overlapping subscriptions of one session: one copy at the highest QoS with all
+        // subscription identifiers.
+        let mut per_session: Vec<(Arc<SessionSlot>, QoS, bool, Vec<u32>)> =
+            Vec::with_capacity(matches.len());
+        let mut index: HashMap<*const SessionSlot, usize> = HashMap::new();
+        for m in matches {
+            if m.opts.no_local && msg.origin.as_deref() == Some(&*m.key.0.client_id) {
+                continue;
+            }
+            let ptr = Arc::as_ptr(&m.key.0);
+            match index.get(&ptr).copied() {
+                Some(i) => {
+                    let e = &mut per_session[i];
+                    e.1 = e.1.max(m.opts.qos);
+                    e.2 |= m.opts.retain_as_published;
+                    e.3.extend(m.id);
+                }
+                None => {
+                    index.insert(ptr, per_session.len());
+                    per_session.push((
+                        m.key.0,
+                        m.opts.qos,
+                        m.opts.retain_as_published,
+                        m.id.into_iter().collect(),
+                    ));
+                }
+            }
+        }
+        routed.matched = per_session.len();
+        if per_session.is_empty() {
+            self.metrics.dropped(DropReason::NoSubscribers);
+        }
+        for (slot, qos, rap, sub_ids) in per_session {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(qos),
+                retain: rap && msg.retain,
+                sub_ids,
+                seq: None,
+            };
+            self.deliver(&slot, d, &mut routed.acks);
+        }
+        Ok(routed)
+    }
+
+    fn retain(&self, msg: &Arc<Message>) -> Result<(), StoreError> {
+        if msg.payload.is_empty() {
+            self.store.delete_retained(&msg.topic)?;
+        } else {
+            self.store.put_retained(&msg.topic, &StoredMessage::from(&**msg))?;
+        }
+        let mut r = self.retained.write();
+        r.apply(msg);
+        self.metrics.retained.set(r.len() as i64);
+        Ok(())
+    }
+
+    /// Hands one delivery to a session: its connection if attached, else (persistent
+    /// sessions, QoS > 0) its device actor for the durable offline queue.
+    pub fn deliver(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<DurableAck>) {
+        let (d, tx) = {
+            let route = slot.route();
+            let d = match &route.conn {
+                Some(conn) => match conn.tx.try_send(d) {
+                    Ok(()) => return,
+                    Err(TrySendError::Full(_)) => {
+                        self.metrics.dropped(DropReason::QueueFull);
+                        return;
+                    }
+                    Err(TrySendError::Closed(d)) => d,
+                },
+                None => d,
+            };
+            if !route.persistent {
+                return;
+            }
+            if d.qos == QoS::AtMostOnce {
+                self.metrics.dropped(DropReason::OfflineQos0);
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            acks.push(rx);
+            match &route.actor {
+                None => (d, tx),
+                Some(actor) => match actor.cast(DeviceMsg::Enqueue(d, tx)) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(DeviceMsg::Enqueue(d, tx))) => (d, tx),
+                    Err(_) => return,
+                },
+            }
+        };
+        // No running actor: the supervisor spawns one from stored state.
+        match self.devices.get() {
+            Some(sup) => {
+                let client = slot.client_id.clone();
+                if let Err(e) = sup.cast(SupervisorMsg::Deliver { client, delivery: d, ack: tx }) {
+                    tracing::warn!(message = "device supervisor unavailable", error = %e);
+                }
+            }
+            None => {
+                let _ = tx.send(Err(StoreError::Closed));
+            }
+        }
+    }
+
+    /// Adds or replaces a subscription. `filter` may be a `$share/...` filter.
+    pub fn subscribe(
+        &self,
+        slot: &Arc<SessionSlot>,
+        filter: &str,
+        opts: SubOptions,
+        id: Option<u32>,
+    ) -> SubscribeOutcome {
+        let (group, f) = match topic::parse_shared(filter) {
+            Ok(Some(s)) => (Some(s.group), s.filter),
+            _ => (None, filter),
+        };
+        let mut trie = self.trie.write();
+        let existed = trie.insert(f, group, Entry { key: SlotRef(slot.clone()), opts, id });
+        self.metrics.subscriptions.set(trie.len() as i64);
+        SubscribeOutcome { existed }
+    }
+
+    pub fn unsubscribe(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
+        let (group, f) = match topic::parse_shared(filter) {
+            Ok(Some(s)) => (Some(s.group), s.filter),
+            _ => (None, filter),
+        };
+        let mut trie = self.trie.write();
+        let removed = trie.remove(f, group, &SlotRef(slot.clone()));
+        self.metrics.subscriptions.set(trie.len() as i64);
+        removed
+    }
+
+    /// Retained messages for a new subscription, as deliveries with RETAIN set.
+    pub fn retained_for(&self, filter: &str, qos: QoS) -> Vec<Delivery> {
+        let now = now_ms();
+        self.retained
+            .read()
+            .matching(filter)
+            .into_iter()
+            .filter(|m| !m.expired(now))
+            .map(|m| Delivery {
+                qos: m.qos.min(qos),
+                msg: m,
+                retain: true,
+                sub_ids: Vec::new(),
+                seq: None,
+            })
+            .collect()
+    }
+}

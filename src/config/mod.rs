@@ -1,0 +1,315 @@
+//! Typed, validated configuration tree.
+//!
+//! Owns: the config structs, their defaults (from functions, matching the embedded
+//! `default.toml` that `homeport gen-config` prints), loading from TOML, and `validate()`,
+//! which names the bad field. Must not touch: running components; `node` builds those from
+//! a validated config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML does not parse or has an unknown or mistyped field.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A field has a value outside its range.
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub mqtt: MqttConfig,
+    pub listeners: ListenersConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            mqtt: MqttConfig::default(),
+            listeners: ListenersConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { id: "homeport-1".into(), data_dir: PathBuf::from("./data") }
+    }
+}
+
+/// What to do when an offline session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueuePolicy {
+    DropOldest,
+    RejectNew,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub max_packet_size: u32,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub maximum_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscription_available: bool,
+    pub shared_subscription_available: bool,
+    pub subscription_identifiers_available: bool,
+    pub server_keep_alive: Option<u16>,
+    pub connect_timeout_secs: u64,
+    pub max_session_expiry_secs: u32,
+    pub max_user_properties: usize,
+    pub max_subscriptions_per_client: usize,
+    pub offline_queue_limit: usize,
+    pub offline_queue_policy: QueuePolicy,
+    pub outbound_queue: usize,
+    pub actor_idle_secs: u64,
+    pub sys_interval_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1 << 20,
+            receive_maximum: 128,
+            topic_alias_maximum: 64,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            shared_subscription_available: true,
+            subscription_identifiers_available: true,
+            server_keep_alive: None,
+            connect_timeout_secs: 10,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            max_user_properties: 64,
+            max_subscriptions_per_client: 100_000,
+            offline_queue_limit: 100_000,
+            offline_queue_policy: QueuePolicy::DropOldest,
+            outbound_queue: 1024,
+            actor_idle_secs: 30,
+            sys_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    pub tcp: Option<TcpListenerConfig>,
+    pub tls: Option<TlsListenerConfig>,
+    pub ws: Option<WsListenerConfig>,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        Self {
+            tcp: Some(TcpListenerConfig { bind: ([0, 0, 0, 0], 1883).into() }),
+            tls: None,
+            ws: Some(WsListenerConfig { bind: ([0, 0, 0, 0], 8083).into(), path: "/mqtt".into() }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListenerConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub bind: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub require_client_cert: bool,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_handshake_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsListenerConfig {
+    pub bind: SocketAddr,
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `None` turns the admin HTTP server off.
+    pub bind: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { bind: Some(([0, 0, 0, 0], 8080).into()) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks ranges the types cannot express; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if self.node.id.trim().is_empty() {
+            return Err(invalid("node.id", "must not be empty"));
+        }
+        if m.max_packet_size < 64 || m.max_packet_size > crate::mqtt::MAX_PACKET_SIZE {
+            return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435460"));
+        }
+        if m.receive_maximum == 0 {
+            return Err(invalid("mqtt.receive_maximum", "must be at least 1"));
+        }
+        if m.maximum_qos > 2 {
+            return Err(invalid("mqtt.maximum_qos", "must be 0, 1 or 2"));
+        }
+        if m.connect_timeout_secs == 0 {
+            return Err(invalid("mqtt.connect_timeout_secs", "must be at least 1"));
+        }
+        if m.max_user_properties == 0 {
+            return Err(invalid("mqtt.max_user_properties", "must be at least 1"));
+        }
+        if m.offline_queue_limit == 0 {
+            return Err(invalid("mqtt.offline_queue_limit", "must be at least 1"));
+        }
+        if m.outbound_queue == 0 {
+            return Err(invalid("mqtt.outbound_queue", "must be at least 1"));
+        }
+        if m.max_subscriptions_per_client == 0 {
+            return Err(invalid("mqtt.max_subscriptions_per_client", "must be at least 1"));
+        }
+        if let Some(ws) = &self.listeners.ws {
+            if !ws.path.starts_with('/') {
+                return Err(invalid("listeners.ws.path", "must start with '/'"));
+            }
+        }
+        if let Some(tls) = &self.listeners.tls {
+            if tls.require_client_cert && tls.client_ca.is_none() {
+                return Err(invalid(
+                    "listeners.tls.require_client_cert",
+                    "needs listeners.tls.client_ca",
+                ));
+            }
+            if tls.handshake_timeout_secs == 0 {
+                return Err(invalid("listeners.tls.handshake_timeout_secs", "must be at least 1"));
+            }
+        }
+        if self.listeners.tcp.is_none()
+            && self.listeners.tls.is_none()
+            && self.listeners.ws.is_none()
+        {
+            return Err(invalid("listeners", "at least one listener is required"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", "not a valid tracing filter"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_validates_and_matches_code_defaults() {
+        let parsed = Config::from_toml(DEFAULT_TOML).expect("default config is valid");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_field_is_named() {
+        let e = Config::from_toml("[mqtt]\nreceive_maximum = 0\n").unwrap_err();
+        assert!(e.to_string().contains("mqtt.receive_maximum"), "{e}");
+        let e = Config::from_toml("[mqtt]\nmaximum_qos = 3\n").unwrap_err();
+        assert!(e.to_string().contains("mqtt.maximum_qos"), "{e}");
+        let e = Config::from_toml("[mqtt]\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = Config::from_toml("[mqtt]\nreceive_maximum = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("receive_maximum"), "{e}");
+        let e =
+            Config::from_toml("[listeners.ws]\nbind = \"0.0.0.0:1\"\npath = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("listeners.ws.path"), "{e}");
+    }
+}

@@ -1,0 +1,487 @@
+//! The device actor: single writer of one session's durable state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use super::{
+    AttachReply, AttachRequest, DeviceCtx, DeviceError, DeviceMsg, SubscribeReply, SupervisorMsg,
+};
+use crate::broker::{now_ms, Control, Delivery, LiveState, SessionSlot, StoredMessage};
+use crate::config::QueuePolicy;
+use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
+use crate::session::{SessionRecord, StoredInflight, StoredSubscription};
+use crate::store::StoreError;
+use crate::telemetry::DropReason;
+
+/// How long an attach waits for the connection it takes over to hand back its state.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The behaviour; all data lives in [`DeviceState`].
+pub struct DeviceActor;
+
+pub struct DeviceArgs {
+    pub client: Arc<str>,
+    pub slot: Arc<SessionSlot>,
+    pub ctx: DeviceCtx,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct DeviceState {
+    client: Arc<str>,
+    slot: Arc<SessionSlot>,
+    ctx: DeviceCtx,
+    supervisor: ActorRef<SupervisorMsg>,
+    record: SessionRecord,
+    /// A stored record existed (so a resumed session is "present").
+    exists: bool,
+    conn_id: Option<u64>,
+    /// Stored offline-queue entries (including ones being drained to a connection).
+    queue_len: usize,
+    idle_gen: u64,
+}
+
+impl DeviceState {
+    fn persistent(&self) -> bool {
+        self.record.expiry_secs > 0
+    }
+
+    fn save(&self) -> Result<(), StoreError> {
+        self.ctx.store.put_session(&self.client, &self.record)
+    }
+
+    fn schedule_idle(&mut self, myself: &ActorRef<DeviceMsg>) {
+        self.idle_gen += 1;
+        let gen = self.idle_gen;
+        let secs = self.ctx.mqtt.actor_idle_secs;
+        myself.send_after(Duration::from_secs(secs), move || DeviceMsg::IdleCheck(gen));
+    }
+
+    fn publish_will(&mut self) {
+        if let Some(w) = self.record.will.take() {
+            let msg = Arc::new(w.msg.into_message(Some(self.client.clone())));
+            if let Err(e) = self.ctx.router.publish(msg) {
+                tracing::error!(message = "will publish failed", client = %self.client, error = %e);
+            }
+        }
+    }
+
+    /// Ends the session: subscriptions, record and queue go; the slot is forgotten.
+    fn end_session(&mut self) {
+        for s in std::mem::take(&mut self.record.subscriptions) {
+            self.ctx.router.unsubscribe(&self.slot, &s.filter);
+        }
+        if let Err(e) = self.ctx.store.delete_session(&self.client) {
+            tracing::error!(message = "session delete failed", client = %self.client, error = %e);
+        }
+        self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
+        self.queue_len = 0;
+        self.exists = false;
+        self.record = SessionRecord::default();
+        self.ctx.devices.remove_slot(&self.slot);
+        self.ctx.metrics.sessions.set(self.ctx.devices.len() as i64);
+    }
+
+    async fn attach(&mut self, req: AttachRequest) -> Result<AttachReply, DeviceError> {
+        // Session takeover: the older connection hands back its live state and closes.
+        let old = self.slot.route().conn.clone();
+        let mut live = LiveState::default();
+        if let Some(old) = old {
+            let (tx, rx) = oneshot::channel();
+            if old.control.send(Control::TakeOver { reply: tx }).is_ok() {
+                if let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
+                    live = state;
+                }
+            }
+        }
+        if req.clean_start {
+            for sub in std::mem::take(&mut self.record.subscriptions) {
+                self.ctx.router.unsubscribe(&self.slot, &sub.filter);
+            }
+            self.ctx.store.queue_clear(&self.client)?;
+            self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
+            self.queue_len = 0;
+            self.record = SessionRecord { next_seq: self.record.next_seq, ..Default::default() };
+            live = LiveState::default();
+            self.exists = false;
+        }
+        let session_present = self.exists;
+        self.record.expiry_secs = req.expiry_secs;
+        self.record.will = req.will;
+        self.record.disconnected_at_ms = None;
+
+        // In-flight first (stored ones, then those handed over), then the offline queue
+        // (skipping entries already in flight), then what the old connection had pending.
+        // Queue entries stay stored until the client acknowledges them (`Delivered`), so
+        // a crash while draining loses nothing.
+        let mut inflight: Vec<_> = std::mem::take(&mut self.record.inflight)
+            .into_iter()
+            .map(|i| i.into_inflight())
+            .collect();
+        inflight.extend(live.inflight);
+        let mut awaiting_rel = std::mem::take(&mut self.record.awaiting_rel);
+        awaiting_rel.extend(live.awaiting_rel);
+        let in_flight_seqs: Vec<u64> = inflight.iter().filter_map(|i| i.delivery.seq).collect();
+        let mut queued = Vec::new();
+        for (seq, m) in self.ctx.store.queue(&self.client)? {
+            if in_flight_seqs.contains(&seq) {
+                continue;
+            }
+            let (qos, retain) = (m.qos, m.retain);
+            queued.push(Delivery {
+                msg: Arc::new(m.into_message(None)),
+                qos,
+                retain,
+                sub_ids: Vec::new(),
+                seq: Some(seq),
+            });
+        }
+        queued.extend(live.pending);
+
+        {
+            let mut route = self.slot.route_mut();
+            route.conn = Some(req.conn.clone());
+            route.persistent = self.record.expiry_secs > 0;
+        }
+        self.conn_id = Some(req.conn.id);
+        self.exists = true;
+        self.save()?;
+        let durable = self.persistent().then(|| self.ctx.store.durable());
+        Ok(AttachReply {
+            slot: self.slot.clone(),
+            session_present,
+            inflight,
+            queued,
+            awaiting_rel,
+            durable,
+        })
+    }
+
+    fn detach(
+        &mut self,
+        myself: &ActorRef<DeviceMsg>,
+        conn_id: u64,
+        mut live: LiveState,
+        will: bool,
+        expiry: Option<u32>,
+    ) -> Result<(), StoreError> {
+        if self.conn_id != Some(conn_id) {
+            return Ok(());
+        }
+        self.conn_id = None;
+        self.slot.route_mut().conn = None;
+        if let Some(e) = expiry {
+            self.record.expiry_secs = e;
+        }
+        let now = now_ms();
+        if !will {
+            self.record.will = None;
+        }
+        if !self.persistent() {
+            self.publish_will();
+            self.end_session();
+            myself.stop(None);
+            return Ok(());
+        }
+        self.slot.route_mut().persistent = true;
+        self.record.inflight = live.inflight.iter().map(StoredInflight::from).collect();
+        self.record.awaiting_rel = std::mem::take(&mut live.awaiting_rel);
+        self.record.disconnected_at_ms = Some(now);
+        for d in live.pending {
+            // Entries drained from the queue are still stored.
+            if d.seq.is_none() {
+                self.enqueue(d);
+            }
+        }
+        if let Some(w) = &mut self.record.will {
+            let delay = w.delay_secs.min(self.record.expiry_secs);
+            if delay == 0 {
+                self.publish_will();
+            } else {
+                let at = now + u64::from(delay) * 1000;
+                w.at_ms = Some(at);
+                let _ = self.supervisor.cast(SupervisorMsg::Schedule {
+                    client: self.client.clone(),
+                    at_ms: at,
+                    msg: super::supervisor::Timer::Will,
+                });
+            }
+        }
+        if let Some(at) = self.record.expires_at_ms() {
+            let _ = self.supervisor.cast(SupervisorMsg::Schedule {
+                client: self.client.clone(),
+                at_ms: at,
+                msg: super::supervisor::Timer::Expire,
+            });
+        }
+        self.save()?;
+        self.schedule_idle(myself);
+        Ok(())
+    }
+
+    /// Appends to the offline queue, applying the queue limit. Returns false if dropped.
+    fn enqueue(&mut self, d: Delivery) -> bool {
+        let m = &self.ctx.metrics;
+        if d.msg.expired(now_ms()) {
+            m.dropped(DropReason::Expired);
+            return false;
+        }
+        if self.queue_len >= self.ctx.mqtt.offline_queue_limit {
+            match self.ctx.mqtt.offline_queue_policy {
+                QueuePolicy::RejectNew => {
+                    m.dropped(DropReason::OfflineQueueRejectNew);
+                    return false;
+                }
+                QueuePolicy::DropOldest => match self.ctx.store.queue_pop_front(&self.client) {
+                    Ok(true) => {
+                        self.queue_len -= 1;
+                        m.offline_queue_depth.dec();
+                        m.dropped(DropReason::OfflineQueueDropOldest);
+                    }
+                    Ok(false) => self.queue_len = 0,
+                    Err(e) => tracing::error!(message = "queue trim failed", error = %e),
+                },
+            }
+        }
+        let seq = self.record.next_seq;
+        let mut stored = StoredMessage::from(&*d.msg);
+        stored.qos = d.qos;
+        stored.retain = d.retain;
+        match self.ctx.store.queue_push(&self.client, seq, &stored) {
+            Ok(()) => {
+                self.record.next_seq += 1;
+                self.queue_len += 1;
+                m.offline_queue_depth.inc();
+                true
+            }
+            Err(e) => {
+                tracing::error!(message = "offline enqueue failed", client = %self.client, error = %e);
+                m.dropped(DropReason::StorageError);
+                false
+            }
+        }
+    }
+
+    fn subscribe(&mut self, filters: Vec<(String, SubOptions)>, id: Option<u32>) -> SubscribeReply {
+        let cfg = self.ctx.mqtt.clone();
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        let mut changed = false;
+        for (filter, mut opts) in filters {
+            let shared = topic::parse_shared(&filter);
+            let code = match &shared {
+                Err(_) => ReasonCode::TopicFilterInvalid,
+                Ok(None) if !topic::valid_filter(&filter) => ReasonCode::TopicFilterInvalid,
+                Ok(Some(_)) if !cfg.shared_subscription_available => {
+                    ReasonCode::SharedSubscriptionsNotSupported
+                }
+                _ if !cfg.wildcard_subscription_available && topic::has_wildcard(&filter) => {
+                    ReasonCode::WildcardSubscriptionsNotSupported
+                }
+                _ if self.record.subscriptions.len() >= cfg.max_subscriptions_per_client
+                    && !self.record.subscriptions.iter().any(|s| s.filter == filter) =>
+                {
+                    ReasonCode::QuotaExceeded
+                }
+                _ => {
+                    let max = QoS::from_u8(cfg.maximum_qos).unwrap_or(QoS::ExactlyOnce);
+                    opts.qos = opts.qos.min(max);
+                    match opts.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+                    }
+                }
+            };
+            if code.is_error() {
+                codes.push(code);
+                continue;
+            }
+            let out = self.ctx.router.subscribe(&self.slot, &filter, opts, id);
+            let is_shared = matches!(shared, Ok(Some(_)));
+            let send_retained = !is_shared
+                && match opts.retain_handling {
+                    crate::mqtt::RetainHandling::SendAtSubscribe => true,
+                    crate::mqtt::RetainHandling::SendIfNew => !out.existed,
+                    crate::mqtt::RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for mut d in self.ctx.router.retained_for(&filter, opts.qos) {
+                    d.sub_ids.extend(id);
+                    retained.push(d);
+                }
+            }
+            self.record.subscriptions.retain(|s| s.filter != filter);
+            self.record.subscriptions.push(StoredSubscription { filter, opts, id });
+            changed = true;
+            codes.push(code);
+        }
+        let mut durable = None;
+        if changed {
+            match self.save() {
+                Ok(()) if self.persistent() => durable = Some(self.ctx.store.durable()),
+                Ok(()) => {}
+                Err(e) => tracing::error!(message = "session save failed", error = %e),
+            }
+        }
+        SubscribeReply { codes, retained, durable }
+    }
+}
+
+impl Actor for DeviceActor {
+    type Msg = DeviceMsg;
+    type State = DeviceState;
+    type Arguments = DeviceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        args: DeviceArgs,
+    ) -> Result<DeviceState, ActorProcessingErr> {
+        let record = args.ctx.store.get_session(&args.client)?;
+        let exists = record.is_some();
+        let record = record.unwrap_or_default();
+        let (next_seq, queue_len) = match args.ctx.store.queue_bounds(&args.client)? {
+            Some((_, last, len)) => (record.next_seq.max(last + 1), len),
+            None => (record.next_seq, 0),
+        };
+        let mut record = record;
+        record.next_seq = next_seq;
+        // After a restart (panic) the connection may still be attached.
+        let conn_id = {
+            let mut route = args.slot.route_mut();
+            route.actor = Some(myself.clone());
+            route.conn.as_ref().map(|c| c.id)
+        };
+        let mut state = DeviceState {
+            client: args.client,
+            slot: args.slot,
+            ctx: args.ctx,
+            supervisor: args.supervisor,
+            record,
+            exists,
+            conn_id,
+            queue_len,
+            idle_gen: 0,
+        };
+        if state.conn_id.is_none() {
+            state.schedule_idle(&myself);
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut route = state.slot.route_mut();
+        if route.actor.as_ref().is_some_and(|a| a.get_id() == myself.get_id()) {
+            route.actor = None;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        msg: DeviceMsg,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DeviceMsg::Attach(req, reply) => {
+                let res = state.attach(req).await;
+                if res.is_err() {
+                    state.conn_id = None;
+                    state.slot.route_mut().conn = None;
+                }
+                let _ = reply.send(res);
+            }
+            DeviceMsg::Detach { conn_id, live, will, expiry_secs } => {
+                state.detach(&myself, conn_id, live, will, expiry_secs)?;
+            }
+            DeviceMsg::Subscribe { filters, id, reply } => {
+                let _ = reply.send(state.subscribe(filters, id));
+            }
+            DeviceMsg::Unsubscribe { filters, reply } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                for f in filters {
+                    let removed = state.ctx.router.unsubscribe(&state.slot, &f);
+                    state.record.subscriptions.retain(|s| s.filter != f);
+                    codes.push(if removed {
+                        ReasonCode::Success
+                    } else {
+                        ReasonCode::NoSubscriptionExisted
+                    });
+                }
+                state.save()?;
+                let durable = state.persistent().then(|| state.ctx.store.durable());
+                let _ = reply.send((codes, durable));
+            }
+            DeviceMsg::Enqueue(d, ack) => {
+                let online = state.slot.route().conn.clone();
+                if let Some(conn) = online {
+                    // Attached meanwhile: hand it to the connection.
+                    match conn.tx.try_send(d) {
+                        Ok(()) => {
+                            let _ = ack.send(Ok(()));
+                            return Ok(());
+                        }
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                            state.ctx.metrics.dropped(DropReason::QueueFull);
+                            let _ = ack.send(Ok(()));
+                            return Ok(());
+                        }
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => {
+                            state.enqueue(d);
+                        }
+                    }
+                } else if state.persistent() {
+                    state.enqueue(d);
+                }
+                state.ctx.store.durable_to(ack);
+                if state.conn_id.is_none() {
+                    state.schedule_idle(&myself);
+                }
+            }
+            DeviceMsg::Delivered(seqs) => {
+                for seq in seqs {
+                    match state.ctx.store.queue_remove(&state.client, seq) {
+                        Ok(true) => {
+                            state.queue_len = state.queue_len.saturating_sub(1);
+                            state.ctx.metrics.offline_queue_depth.dec();
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(message = "queue remove failed", error = %e),
+                    }
+                }
+            }
+            DeviceMsg::FireWill => {
+                let due =
+                    state.record.will.as_ref().and_then(|w| w.at_ms).is_some_and(|t| t <= now_ms());
+                if state.conn_id.is_none() && due {
+                    state.publish_will();
+                    state.save()?;
+                }
+                state.schedule_idle(&myself);
+            }
+            DeviceMsg::Expire => {
+                let due = state.record.expires_at_ms().is_some_and(|t| t <= now_ms());
+                if state.conn_id.is_none() && state.exists && due {
+                    state.publish_will();
+                    state.end_session();
+                    myself.stop(None);
+                }
+            }
+            DeviceMsg::IdleCheck(gen) => {
+                if gen == state.idle_gen && state.conn_id.is_none() {
+                    myself.stop(None);
+                }
+            }
+            DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! Device actors: one supervised ractor actor per client id, the single writer of that
+//! session's durable state (subscriptions, offline queue, will, expiry).
+//!
+//! Owns: [`DeviceActor`] (attach/detach with session takeover, subscribe/unsubscribe,
+//! offline enqueue and drain acknowledgement, wills, expiry, idle stop),
+//! [`DeviceSupervisor`] (spawns actors on demand, restarts failed ones from stored state,
+//! runs will and expiry timers, restores sessions at start-up) and [`Devices`], the handle
+//! connections use. Must not touch: sockets or the wire codec; the live in-flight window
+//! runs in the connection while one is attached.
+
+mod actor;
+mod supervisor;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+
+pub use actor::DeviceActor;
+pub use supervisor::{DeviceSupervisor, SupervisorMsg};
+
+use crate::broker::{ConnHandle, Delivery, LiveState, Router, SessionSlot};
+use crate::config::MqttConfig;
+use crate::mqtt::{ReasonCode, SubOptions};
+use crate::session::{Inflight, StoredWill};
+use crate::store::{DurableAck, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// How long a connection waits for its device actor.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failures talking to a device actor.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The actor or its supervisor is not running (node shutting down, or restarting it).
+    #[error("device actor unavailable")]
+    Unavailable,
+    /// The actor did not answer in time.
+    #[error("device actor timed out")]
+    Timeout,
+    /// The actor could not store the change.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a connection brings when it attaches to its session.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub conn: ConnHandle,
+    pub clean_start: bool,
+    /// Granted session expiry in seconds.
+    pub expiry_secs: u32,
+    pub will: Option<StoredWill>,
+}
+
+/// What the session gives the connection back.
+#[derive(Debug)]
+pub struct AttachReply {
+    pub slot: Arc<SessionSlot>,
+    pub session_present: bool,
+    /// Unacknowledged messages to send again (DUP) or to release, in order.
+    pub inflight: Vec<Inflight>,
+    /// Offline-queued messages to deliver, in order.
+    pub queued: Vec<Delivery>,
+    pub awaiting_rel: Vec<u16>,
+    /// Resolves when the session record is durable (persistent sessions).
+    pub durable: Option<DurableAck>,
+}
+
+/// Per-filter result of a SUBSCRIBE.
+#[derive(Debug)]
+pub struct SubscribeReply {
+    pub codes: Vec<ReasonCode>,
+    /// Retained messages to send after the SUBACK.
+    pub retained: Vec<Delivery>,
+    pub durable: Option<DurableAck>,
+}
+
+/// Messages of a device actor.
+pub enum DeviceMsg {
+    Attach(AttachRequest, RpcReplyPort<Result<AttachReply, DeviceError>>),
+    /// The connection `conn_id` ended. `will`: publish the will (abnormal end or v5
+    /// DISCONNECT 0x04). `expiry_secs`: a v5 DISCONNECT may change the expiry.
+    Detach {
+        conn_id: u64,
+        live: LiveState,
+        will: bool,
+        expiry_secs: Option<u32>,
+    },
+    Subscribe {
+        filters: Vec<(String, SubOptions)>,
+        id: Option<u32>,
+        reply: RpcReplyPort<SubscribeReply>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        reply: RpcReplyPort<(Vec<ReasonCode>, Option<DurableAck>)>,
+    },
+    /// A message for the offline queue; `ack` resolves when it is durable.
+    Enqueue(Delivery, oneshot::Sender<Result<(), StoreError>>),
+    /// Offline-queued messages (by sequence number) the client acknowledged.
+    Delivered(Vec<u64>),
+    /// Timer: publish the will if its time has come.
+    FireWill,
+    /// Timer: end the session if it has expired.
+    Expire,
+    /// Timer: stop if nothing happened since generation `0`.
+    IdleCheck(u64),
+    /// Fault injection for tests and chaos runs: the actor panics.
+    InjectPanic,
+}
+
+/// Everything a device actor needs from its node.
+#[derive(Clone)]
+pub struct DeviceCtx {
+    pub router: Arc<Router>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub mqtt: Arc<MqttConfig>,
+    pub devices: Arc<Devices>,
+}
+
+/// Session slots by client id and the supervisor: what connections use to reach devices.
+#[derive(Default)]
+pub struct Devices {
+    slots: DashMap<Arc<str>, Arc<SessionSlot>>,
+    supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+}
+
+impl Devices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn set_supervisor(&self, s: ActorRef<SupervisorMsg>) {
+        let _ = self.supervisor.set(s);
+    }
+
+    /// The slot of `client`, created if missing.
+    pub fn slot(&self, client: &str) -> Arc<SessionSlot> {
+        if let Some(s) = self.slots.get(client) {
+            return s.clone();
+        }
+        self.slots
+            .entry(Arc::from(client))
+            .or_insert_with(|| Arc::new(SessionSlot::new(Arc::from(client))))
+            .clone()
+    }
+
+    pub fn get_slot(&self, client: &str) -> Option<Arc<SessionSlot>> {
+        self.slots.get(client).map(|s| s.clone())
+    }
+
+    /// Forgets `slot` if it is still the registered one.
+    pub fn remove_slot(&self, slot: &Arc<SessionSlot>) {
+        self.slots.remove_if(&slot.client_id, |_, s| Arc::ptr_eq(s, slot));
+    }
+
+    /// Sessions known to this node.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, DeviceError> {
+        self.supervisor.get().ok_or(DeviceError::Unavailable)
+    }
+
+    /// Attaches a connection to `client`'s session (spawning its actor if needed). Retries
+    /// once if the actor stopped between lookup and delivery.
+    pub async fn attach(
+        &self,
+        client: &str,
+        req: AttachRequest,
+    ) -> Result<AttachReply, DeviceError> {
+        let mut last = DeviceError::Unavailable;
+        for _ in 0..2 {
+            let sup = self.supervisor()?;
+            let r = req.clone();
+            let client: Arc<str> = Arc::from(client);
+            match sup
+                .call(|reply| SupervisorMsg::Attach { client, req: r, reply }, Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(res)) => return res,
+                Ok(CallResult::Timeout) => last = DeviceError::Timeout,
+                Ok(CallResult::SenderError) | Err(_) => last = DeviceError::Unavailable,
+            }
+        }
+        Err(last)
+    }
+
+    /// The running actor of `slot`, spawned from stored state if needed.
+    pub async fn actor(&self, slot: &SessionSlot) -> Result<ActorRef<DeviceMsg>, DeviceError> {
+        if let Some(a) = slot.actor() {
+            return Ok(a);
+        }
+        let client = slot.client_id.clone();
+        match self
+            .supervisor()?
+            .call(|reply| SupervisorMsg::Get { client, reply }, Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(a)) => Ok(a),
+            Ok(CallResult::Timeout) => Err(DeviceError::Timeout),
+            _ => Err(DeviceError::Unavailable),
+        }
+    }
+
+    /// Calls the device actor of `slot`; retries once through the supervisor if the actor
+    /// was replaced (e.g. restarted after a panic) meanwhile.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        slot: &SessionSlot,
+        build: impl Fn(RpcReplyPort<T>) -> DeviceMsg,
+    ) -> Result<T, DeviceError> {
+        let mut last = DeviceError::Unavailable;
+        for _ in 0..2 {
+            let actor = self.actor(slot).await?;
+            match actor.call(&build, Some(CALL_TIMEOUT)).await {
+                Ok(CallResult::Success(v)) => return Ok(v),
+                Ok(CallResult::Timeout) => last = DeviceError::Timeout,
+                Ok(CallResult::SenderError) | Err(_) => last = DeviceError::Unavailable,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fault injection: makes `client`'s device actor panic. Returns false if it has none.
+    pub fn inject_panic(&self, client: &str) -> bool {
+        self.get_slot(client)
+            .and_then(|s| s.actor())
+            .is_some_and(|a| a.cast(DeviceMsg::InjectPanic).is_ok())
+    }
+}

@@ -1,0 +1,155 @@
+//! One node wired together: store, router, device supervisor, listeners, admin, `$SYS`.
+//!
+//! Start order: metrics -> store -> router (retained loaded) -> device supervisor (sessions
+//! restored) -> admin -> listeners -> ready. Shutdown order: not ready -> stop accepting
+//! and disconnect clients (DISCONNECT 0x8B on v5) -> wait for connections to detach ->
+//! drain device actors -> flush storage.
+
+mod sys;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::{self, AdminState};
+use crate::broker::Router;
+use crate::config::Config;
+use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::transport::{bind_listeners, ConnCtx};
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("listener: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+    #[error("device supervisor: {0}")]
+    Supervisor(String),
+}
+
+/// A running node.
+pub struct Node {
+    pub mqtt_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub devices: Arc<Devices>,
+    pub router: Arc<Router>,
+    store: Store,
+    supervisor: ActorRef<SupervisorMsg>,
+    shutdown: watch::Sender<bool>,
+    conns_done: mpsc::Receiver<()>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Node {
+    /// Starts a node from a validated config.
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        cfg.validate()?;
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(Metrics::new());
+        std::fs::create_dir_all(&cfg.node.data_dir)
+            .map_err(|e| StoreError::Sled(format!("{}: {e}", cfg.node.data_dir.display())))?;
+        let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
+        let router = Arc::new(Router::new(store.clone(), metrics.clone())?);
+        let devices = Arc::new(Devices::new());
+        let dctx = DeviceCtx {
+            router: router.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            mqtt: Arc::new(cfg.mqtt.clone()),
+            devices: devices.clone(),
+        };
+        let (supervisor, _) = Actor::spawn(None, DeviceSupervisor, dctx)
+            .await
+            .map_err(|e| NodeError::Supervisor(e.to_string()))?;
+        router.set_supervisor(supervisor.clone());
+        devices.set_supervisor(supervisor.clone());
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_addr = match cfg.admin.bind {
+            Some(addr) => Some(
+                admin::serve(
+                    addr,
+                    AdminState { metrics: metrics.clone(), ready: ready.clone() },
+                    shutdown_rx.clone(),
+                )
+                .await
+                .map_err(NodeError::Admin)?,
+            ),
+            None => None,
+        };
+        let ctx = Arc::new(ConnCtx {
+            cfg: cfg.clone(),
+            router: router.clone(),
+            devices: devices.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let (done_tx, conns_done) = mpsc::channel(1);
+        let bound = bind_listeners(ctx, done_tx).await?;
+        if cfg.mqtt.sys_interval_secs > 0 {
+            sys::spawn(
+                router.clone(),
+                metrics.clone(),
+                Duration::from_secs(cfg.mqtt.sys_interval_secs),
+                Instant::now(),
+                shutdown_rx,
+            );
+        }
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            message = "node started",
+            node = %cfg.node.id,
+            mqtt = ?bound.tcp, tls = ?bound.tls, ws = ?bound.ws, admin = ?admin_addr,
+            data_dir = %cfg.node.data_dir.display(),
+        );
+        Ok(Node {
+            mqtt_addr: bound.tcp,
+            tls_addr: bound.tls,
+            ws_addr: bound.ws,
+            admin_addr,
+            metrics,
+            devices,
+            router,
+            store,
+            supervisor,
+            shutdown,
+            conns_done,
+            ready,
+        })
+    }
+
+    /// Stops the node in order and flushes storage.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        // Every connection task holds a sender; all gone means all detached.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
+        self.supervisor.drain_children_and_wait(Some(Duration::from_secs(10))).await;
+        let _ = self.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        self.store.flush().await?;
+        let closed = self.store.closed();
+        drop(self);
+        // Every component holding the store has stopped; wait for sled to close so the
+        // data directory can be reopened at once (restarts, in-process tests).
+        if tokio::time::timeout(Duration::from_secs(5), closed).await.is_err() {
+            tracing::warn!(message = "storage still held after shutdown");
+        }
+        tracing::info!(message = "node stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! The node's Prometheus metrics, one registry per node so in-process test clusters do not
+//! share counters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a message was not delivered. Each drop is counted; none is silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A subscriber's outbound queue was full.
+    QueueFull,
+    /// The offline queue of a persistent session hit its limit (policy drop-oldest).
+    OfflineQueueDropOldest,
+    /// The offline queue of a persistent session hit its limit (policy reject-new).
+    OfflineQueueRejectNew,
+    /// QoS 0 messages are not queued for offline sessions.
+    OfflineQos0,
+    /// The v5 message expiry interval passed before delivery.
+    Expired,
+    /// The message is larger than the subscriber's maximum packet size.
+    TooLargeForClient,
+    /// No subscriber matched.
+    NoSubscribers,
+    /// Storage refused the write.
+    StorageError,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 8] = [
+        DropReason::QueueFull,
+        DropReason::OfflineQueueDropOldest,
+        DropReason::OfflineQueueRejectNew,
+        DropReason::OfflineQos0,
+        DropReason::Expired,
+        DropReason::TooLargeForClient,
+        DropReason::NoSubscribers,
+        DropReason::StorageError,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::OfflineQueueDropOldest => "offline_queue_drop_oldest",
+            DropReason::OfflineQueueRejectNew => "offline_queue_reject_new",
+            DropReason::OfflineQos0 => "offline_qos0",
+            DropReason::Expired => "expired",
+            DropReason::TooLargeForClient => "too_large_for_client",
+            DropReason::NoSubscribers => "no_subscribers",
+            DropReason::StorageError => "storage_error",
+        }
+    }
+}
+
+const PACKET_KINDS: [&str; 16] = [
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    /// Open device connections by listener.
+    pub connections: IntGaugeVec,
+    /// CONNECT outcomes by result ("accepted" or a reason label).
+    pub connects: IntCounterVec,
+    /// Connection ends by reason label.
+    pub disconnects: IntCounterVec,
+    /// Bad input by reason label (malformed, protocol error, oversize, ...).
+    pub protocol_errors: IntCounterVec,
+    packets_in: Vec<IntCounter>,
+    packets_out: Vec<IntCounter>,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    /// PUBLISH messages accepted from clients.
+    pub messages_in: IntCounter,
+    /// PUBLISH messages written to clients.
+    pub messages_out: IntCounter,
+    drops: Vec<IntCounter>,
+    /// Messages waiting in offline queues of persistent sessions.
+    pub offline_queue_depth: IntGauge,
+    pub retained: IntGauge,
+    pub subscriptions: IntGauge,
+    /// Sessions known to the node, connected or not.
+    pub sessions: IntGauge,
+    /// Time of one group-commit flush of the store.
+    pub flush_seconds: Histogram,
+    /// Writes covered by one flush (group-commit batch size).
+    pub flush_batch: Histogram,
+    /// Device actors restarted after a panic or error.
+    pub actor_restarts: IntCounter,
+}
+
+impl Metrics {
+    /// # Panics
+    /// Only if two metrics share a name, a programming error caught by the unit test.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let packets_in_vec =
+            counter_vec("homeport_packets_received_total", "MQTT packets received", &["type"]);
+        let packets_out_vec =
+            counter_vec("homeport_packets_sent_total", "MQTT packets sent", &["type"]);
+        let drops_vec = counter_vec(
+            "homeport_messages_dropped_total",
+            "Messages not delivered, by reason",
+            &["reason"],
+        );
+        Metrics {
+            connections: gauge_vec(
+                "homeport_connections",
+                "Open device connections",
+                &["listener"],
+            ),
+            connects: counter_vec("homeport_connects_total", "CONNECT outcomes", &["result"]),
+            disconnects: counter_vec(
+                "homeport_disconnects_total",
+                "Connection ends by reason",
+                &["reason"],
+            ),
+            protocol_errors: counter_vec(
+                "homeport_protocol_errors_total",
+                "Bad input from clients by reason",
+                &["reason"],
+            ),
+            packets_in: PACKET_KINDS
+                .iter()
+                .map(|k| packets_in_vec.with_label_values(&[k]))
+                .collect(),
+            packets_out: PACKET_KINDS
+                .iter()
+                .map(|k| packets_out_vec.with_label_values(&[k]))
+                .collect(),
+            bytes_in: counter("homeport_bytes_received_total", "Bytes received from clients"),
+            bytes_out: counter("homeport_bytes_sent_total", "Bytes sent to clients"),
+            messages_in: counter(
+                "homeport_messages_received_total",
+                "PUBLISH messages received from clients",
+            ),
+            messages_out: counter("homeport_messages_sent_total", "PUBLISH messages sent"),
+            drops: DropReason::ALL
+                .iter()
+                .map(|d| drops_vec.with_label_values(&[d.label()]))
+                .collect(),
+            offline_queue_depth: gauge(
+                "homeport_offline_queue_depth",
+                "Messages queued for offline persistent sessions",
+            ),
+            retained: gauge("homeport_retained_messages", "Retained messages"),
+            subscriptions: gauge("homeport_subscriptions", "Subscriptions"),
+            sessions: gauge("homeport_sessions", "Sessions, connected or not"),
+            flush_seconds: histogram(
+                "homeport_storage_flush_seconds",
+                "Duration of one storage group-commit flush",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            flush_batch: histogram(
+                "homeport_storage_flush_batch",
+                "Waiters covered by one storage flush",
+                prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
+            ),
+            actor_restarts: counter(
+                "homeport_device_actor_restarts_total",
+                "Device actors restarted after a failure",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts a received packet by its fixed-header type nibble.
+    pub fn packet_in(&self, first_byte: u8, size: usize) {
+        self.packets_in[(first_byte >> 4) as usize].inc();
+        self.bytes_in.inc_by(size as u64);
+    }
+
+    /// Counts a sent packet by its fixed-header type nibble.
+    pub fn packet_out(&self, first_byte: u8, size: usize) {
+        self.packets_out[(first_byte >> 4) as usize].inc();
+        self.bytes_out.inc_by(size as u64);
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.drops[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)].inc();
+    }
+
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.drops[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)].get()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(message = "metrics encoding failed", %e);
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions() {
+        let m = Metrics::new();
+        m.packet_in(0x30, 10);
+        m.dropped(DropReason::QueueFull);
+        m.connects.with_label_values(&["accepted"]).inc();
+        m.disconnects.with_label_values(&["normal"]).inc();
+        m.protocol_errors.with_label_values(&["malformed_packet"]).inc();
+        m.connections.with_label_values(&["tcp"]).set(0);
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(name.starts_with("homeport_"), "{name}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+        }
+        assert!(text.contains("homeport_packets_received_total{type=\"publish\"} 1"));
+        assert_eq!(m.dropped_count(DropReason::QueueFull), 1);
+    }
+}

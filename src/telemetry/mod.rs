@@ -1,0 +1,25 @@
+//! Telemetry: tracing setup and the Prometheus registry of one node.
+//!
+//! Owns: metric definitions (`homeport_*`, `_total` for counters, low-cardinality labels,
+//! never a client id) and log initialisation. Must not touch: broker state. Hot-path label
+//! values are resolved once at start-up so counting a packet is a single atomic add.
+
+mod metrics;
+
+pub use metrics::{DropReason, Metrics};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber. Safe to call once per process.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let res = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = res {
+        eprintln!("logging already initialised: {e}");
+    }
+}

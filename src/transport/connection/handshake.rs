@@ -1,0 +1,228 @@
+//! CONNECT: read it within the deadline, validate it, negotiate limits, attach to the
+//! session, answer CONNACK.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ConnCtx, DeviceIo};
+use crate::broker::{app_properties, now_ms, StoredMessage};
+use crate::mqtt::{
+    self, ConnAck, Connect, DecodeError, Packet, Properties, Protocol, QoS, ReasonCode,
+};
+use crate::session::{StoredWill, NEVER_EXPIRES};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id (also used for assigned client identifiers).
+pub fn next_conn_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why the handshake ended without a session.
+#[derive(Debug)]
+pub enum Refused {
+    /// The socket closed or failed.
+    Io,
+    /// The deadline passed before CONNECT arrived.
+    Timeout,
+    /// Bad bytes: counted and the socket closed (with CONNACK where the spec asks).
+    Decode(DecodeError),
+    /// The first packet was not CONNECT.
+    NotConnect,
+}
+
+/// Reads the CONNECT packet within the configured deadline.
+pub async fn read_connect<S: DeviceIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    ctx: &ConnCtx,
+) -> Result<Box<Connect>, Refused> {
+    let cfg = &ctx.cfg.mqtt;
+    let deadline = Duration::from_secs(cfg.connect_timeout_secs);
+    let read = async {
+        loop {
+            match mqtt::decode(
+                buf,
+                Protocol::V5,
+                cfg.max_packet_size as usize,
+                cfg.max_user_properties,
+            ) {
+                Ok(Some(d)) => {
+                    ctx.metrics.packet_in(0x10, d.size);
+                    return match d.packet {
+                        Packet::Connect(c) => Ok(c),
+                        _ => Err(Refused::NotConnect),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Refused::Decode(e)),
+            }
+            // Reject a first packet that is not CONNECT as soon as its type byte arrives.
+            if buf.first().is_some_and(|b| b >> 4 != 1) {
+                return Err(Refused::NotConnect);
+            }
+            buf.reserve(1024);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return Err(Refused::Io),
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Refused::Timeout),
+    }
+}
+
+/// Negotiated per-connection settings.
+#[derive(Debug)]
+pub struct Negotiated {
+    pub protocol: Protocol,
+    pub client_id: String,
+    pub assigned: bool,
+    pub keep_alive: u16,
+    pub expiry_secs: u32,
+    /// Client's Receive Maximum: our outbound window.
+    pub client_receive_max: u16,
+    /// Client's Maximum Packet Size.
+    pub client_max_packet: usize,
+    /// Topic aliases the client accepts from us.
+    pub client_alias_max: u16,
+    pub will: Option<StoredWill>,
+}
+
+/// Validates CONNECT and works out the session parameters, or the CONNACK reason to refuse.
+pub fn negotiate(c: &Connect, ctx: &ConnCtx) -> Result<Negotiated, ReasonCode> {
+    let cfg = &ctx.cfg.mqtt;
+    let v5 = c.protocol.is_v5();
+    if c.properties.authentication_method.is_some() {
+        return Err(ReasonCode::BadAuthenticationMethod);
+    }
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        if !v5 && !c.clean_start {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        (format!("hp-{}-{:x}", ctx.cfg.node.id, next_conn_id() ^ now_ms()), true)
+    } else {
+        (c.client_id.clone(), false)
+    };
+    let max_qos = QoS::from_u8(cfg.maximum_qos).unwrap_or(QoS::ExactlyOnce);
+    let will = match &c.will {
+        Some(w) => {
+            if w.qos > max_qos {
+                return Err(ReasonCode::QosNotSupported);
+            }
+            if w.retain && !cfg.retain_available {
+                return Err(ReasonCode::RetainNotSupported);
+            }
+            let now = now_ms();
+            let msg = StoredMessage::from(&crate::broker::Message {
+                topic: w.topic.as_str().into(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                props: app_properties(&w.properties),
+                expires_at_ms: w
+                    .properties
+                    .message_expiry_interval
+                    .map(|s| now + u64::from(s) * 1000),
+                origin: None,
+            });
+            Some(StoredWill {
+                msg,
+                delay_secs: w.properties.will_delay_interval.unwrap_or(0),
+                at_ms: None,
+            })
+        }
+        None => None,
+    };
+    let expiry_secs = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry_secs)
+    } else if c.clean_start {
+        0
+    } else {
+        NEVER_EXPIRES.min(cfg.max_session_expiry_secs)
+    };
+    let keep_alive = match (v5, cfg.server_keep_alive) {
+        (true, Some(k)) => k,
+        _ => c.keep_alive,
+    };
+    Ok(Negotiated {
+        protocol: c.protocol,
+        client_id,
+        assigned,
+        keep_alive,
+        expiry_secs,
+        client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet: c.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        client_alias_max: if v5 { c.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
+        will,
+    })
+}
+
+/// The CONNACK for an accepted session, with our limits on v5.
+pub fn connack(n: &Negotiated, c: &Connect, ctx: &ConnCtx, session_present: bool) -> Packet {
+    let cfg = &ctx.cfg.mqtt;
+    let mut p = Properties::default();
+    if n.protocol.is_v5() {
+        if n.assigned {
+            p.assigned_client_identifier = Some(n.client_id.clone());
+        }
+        if c.properties.session_expiry_interval.unwrap_or(0) != n.expiry_secs {
+            p.session_expiry_interval = Some(n.expiry_secs);
+        }
+        p.receive_maximum = Some(cfg.receive_maximum);
+        p.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        if cfg.maximum_qos < 2 {
+            p.maximum_qos = Some(cfg.maximum_qos);
+        }
+        if !cfg.retain_available {
+            p.retain_available = Some(0);
+        }
+        p.maximum_packet_size = Some(cfg.max_packet_size);
+        if !cfg.wildcard_subscription_available {
+            p.wildcard_subscription_available = Some(0);
+        }
+        if !cfg.subscription_identifiers_available {
+            p.subscription_identifier_available = Some(0);
+        }
+        if !cfg.shared_subscription_available {
+            p.shared_subscription_available = Some(0);
+        }
+        if let Some(k) = cfg.server_keep_alive {
+            p.server_keep_alive = Some(k);
+        }
+    }
+    Packet::ConnAck(ConnAck { session_present, reason: ReasonCode::Success, properties: p })
+}
+
+/// Sends a refusing CONNACK and flushes it.
+pub async fn refuse<S: DeviceIo>(
+    io: &mut S,
+    protocol: Protocol,
+    reason: ReasonCode,
+    ctx: &ConnCtx,
+) {
+    let p = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::new();
+    mqtt::encode(&p, protocol, &mut out);
+    ctx.metrics.packet_out(0x20, out.len());
+    let _ = io.write_all(&out).await;
+    let _ = io.flush().await;
+    ctx.metrics.connects.with_label_values(&[reason.label()]).inc();
+}
+
+/// The v5 reason to answer a CONNECT-time decode error with, if any.
+pub fn connack_for_decode_error(e: &DecodeError) -> Option<ReasonCode> {
+    match e {
+        DecodeError::UnsupportedProtocol => Some(ReasonCode::UnsupportedProtocolVersion),
+        _ => None,
+    }
+}

@@ -1,0 +1,60 @@
+//! The connection task: a thin pump between one socket, the router and the device actor.
+//!
+//! Reads are decoded into packets and handled in order; deliveries from the router arrive
+//! on a bounded channel and are drained in batches; everything a batch produces is written
+//! with one `write_all`. No read or write buffer is held while a plain TCP connection is
+//! idle.
+
+mod handshake;
+mod outbound;
+mod session;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub use session::serve_connection;
+
+use crate::broker::Router;
+use crate::config::Config;
+use crate::device::Devices;
+use crate::telemetry::Metrics;
+
+/// A device byte stream. Plain TCP can wait for readability without a buffer; streams with
+/// their own buffering (TLS, WebSocket bridge) are always "ready" and read directly.
+pub trait DeviceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl DeviceIo for TcpStream {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl DeviceIo for tokio_rustls::server::TlsStream<TcpStream> {}
+impl DeviceIo for tokio::io::DuplexStream {}
+
+/// What every connection of a node shares.
+pub struct ConnCtx {
+    pub cfg: Arc<Config>,
+    pub router: Arc<Router>,
+    pub devices: Arc<Devices>,
+    pub metrics: Arc<Metrics>,
+    /// Flips to true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Identifies a connection in logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub listener: &'static str,
+}

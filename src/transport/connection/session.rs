@@ -1,0 +1,616 @@
+//! The live session of one connection: the pump loop and per-packet handling.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use prometheus::IntGauge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::handshake::{self, Negotiated, Refused};
+use super::outbound::Outbound;
+use super::{ConnCtx, DeviceIo, Peer};
+use crate::broker::{
+    app_properties, now_ms, ConnHandle, Control, Delivery, LiveState, Message, SessionSlot,
+};
+use crate::device::{AttachRequest, DeviceMsg};
+use crate::mqtt::{
+    self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode, SubAck, UnsubAck,
+};
+use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
+
+/// Deliveries drained from the channel per wake before writing.
+const DRAIN_BATCH: usize = 256;
+/// Read chunk reserved once the socket is readable.
+const READ_CHUNK: usize = 4096;
+
+/// Why the pump stopped.
+enum End {
+    /// DISCONNECT from the client; `will` if it asked for the will (v5 0x04).
+    Client {
+        will: bool,
+    },
+    /// The socket closed or failed without DISCONNECT.
+    Io,
+    /// The client broke the protocol; v5 gets DISCONNECT with this reason.
+    Violation(ReasonCode, &'static str),
+    KeepAlive,
+    TakenOver(oneshot::Sender<LiveState>),
+    Shutdown,
+    Kicked(ReasonCode),
+}
+
+struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+struct Conn {
+    ctx: Arc<ConnCtx>,
+    neg: Negotiated,
+    client: Arc<str>,
+    slot: Arc<SessionSlot>,
+    conn_id: u64,
+    out: Outbound,
+    outgoing: Outgoing,
+    incoming: Incoming,
+    in_aliases: HashMap<u16, Arc<str>>,
+    /// Offline-queue entries completed since the last report to the actor.
+    delivered: Vec<u64>,
+    expiry_update: Option<u32>,
+}
+
+/// Serves one device connection from CONNECT to close.
+pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnCtx>) {
+    let gauge = ctx.metrics.connections.with_label_values(&[peer.listener]);
+    gauge.inc();
+    let _guard = GaugeGuard(gauge);
+    let mut rbuf = BytesMut::new();
+    let connect = match handshake::read_connect(&mut io, &mut rbuf, &ctx).await {
+        Ok(c) => c,
+        Err(r) => {
+            let label = match &r {
+                Refused::Io => "closed_before_connect",
+                Refused::Timeout => "connect_timeout",
+                Refused::NotConnect => "first_packet_not_connect",
+                Refused::Decode(e) => e.label(),
+            };
+            ctx.metrics.protocol_errors.with_label_values(&[label]).inc();
+            ctx.metrics.connects.with_label_values(&[label]).inc();
+            if let Refused::Decode(e) = &r {
+                if let Some(code) = handshake::connack_for_decode_error(e) {
+                    handshake::refuse(&mut io, mqtt::Protocol::V311, code, &ctx).await;
+                }
+            }
+            tracing::debug!(message = "connection refused before CONNECT", peer = %peer.addr, reason = label);
+            return;
+        }
+    };
+    let neg = match handshake::negotiate(&connect, &ctx) {
+        Ok(n) => n,
+        Err(code) => {
+            handshake::refuse(&mut io, connect.protocol, code, &ctx).await;
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(ctx.cfg.mqtt.outbound_queue);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let conn_id = handshake::next_conn_id();
+    let req = AttachRequest {
+        conn: ConnHandle { id: conn_id, tx, control: ctl_tx },
+        clean_start: connect.clean_start,
+        expiry_secs: neg.expiry_secs,
+        will: neg.will.clone(),
+    };
+    let reply = match ctx.devices.attach(&neg.client_id, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(message = "session attach failed", client = %neg.client_id, error = %e);
+            handshake::refuse(&mut io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
+            return;
+        }
+    };
+    let mut conn = Conn {
+        client: Arc::from(neg.client_id.as_str()),
+        slot: reply.slot.clone(),
+        conn_id,
+        out: Outbound::new(neg.protocol, neg.client_alias_max, neg.client_max_packet),
+        outgoing: Outgoing::new(neg.client_receive_max),
+        incoming: Incoming::new(ctx.cfg.mqtt.receive_maximum, reply.awaiting_rel.iter().copied()),
+        in_aliases: HashMap::new(),
+        delivered: Vec::new(),
+        expiry_update: None,
+        ctx: ctx.clone(),
+        neg,
+    };
+    if let Some(d) = reply.durable {
+        if !matches!(d.await, Ok(Ok(()))) {
+            handshake::refuse(&mut io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
+            conn.detach(LiveState::default(), false);
+            return;
+        }
+    }
+    let ack = handshake::connack(&conn.neg, &connect, &ctx, reply.session_present);
+    conn.out.packet(&ack, &ctx.metrics);
+    ctx.metrics.connects.with_label_values(&["accepted"]).inc();
+    tracing::debug!(message = "client connected", client = %conn.client, peer = %peer.addr, protocol = conn.neg.protocol.label());
+
+    conn.outgoing.restore(reply.inflight);
+    for r in conn.outgoing.resend() {
+        match r {
+            Resend::Publish(pkid, d) => conn.send_publish(pkid, &d, true),
+            Resend::PubRel(pkid) => {
+                conn.out.packet(&Packet::PubRel(PubResp::ok(pkid)), &ctx.metrics)
+            }
+        }
+    }
+    for d in reply.queued {
+        conn.deliver(d);
+    }
+    drop(connect);
+    let mut rx = rx;
+    let end = conn.run(&mut io, &mut rx, ctl_rx, rbuf).await;
+    conn.finish(&mut io, end, &mut rx).await;
+}
+
+impl Conn {
+    fn deliver(&mut self, d: Delivery) {
+        if let Some((pkid, d)) = self.outgoing.submit(d) {
+            self.send_publish(pkid, &d, false);
+        }
+    }
+
+    fn send_publish(&mut self, pkid: u16, d: &Delivery, dup: bool) {
+        let mut work = vec![(pkid, d.clone(), dup)];
+        while let Some((pkid, d, dup)) = work.pop() {
+            let sent = self.out.publish(pkid, &d, dup, &self.ctx.metrics);
+            if sent && pkid != 0 {
+                continue;
+            }
+            // QoS 0 written, or dropped: complete it now.
+            if let Some(seq) = d.seq {
+                self.delivered.push(seq);
+            }
+            if !sent && pkid != 0 {
+                let acked = self.outgoing.abandon(pkid);
+                work.extend(acked.next.into_iter().rev().map(|(p, d)| (p, d, false)));
+            }
+        }
+    }
+
+    fn completed(&mut self, acked: Acked) {
+        if let Some(seq) = acked.done.and_then(|d| d.seq) {
+            self.delivered.push(seq);
+        }
+        for (pkid, d) in acked.next {
+            self.send_publish(pkid, &d, false);
+        }
+    }
+
+    async fn run<S: DeviceIo>(
+        &mut self,
+        io: &mut S,
+        rx: &mut mpsc::Receiver<Delivery>,
+        mut ctl: mpsc::UnboundedReceiver<Control>,
+        mut rbuf: BytesMut,
+    ) -> End {
+        let ka = Duration::from_millis(u64::from(self.neg.keep_alive) * 1500);
+        let mut last_read = Instant::now();
+        let keepalive =
+            tokio::time::sleep(if ka.is_zero() { Duration::from_secs(86400 * 365) } else { ka });
+        tokio::pin!(keepalive);
+        let mut shutdown = self.ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            return End::Shutdown;
+        }
+        loop {
+            if !self.out.buf.is_empty() {
+                let buf = std::mem::take(&mut self.out.buf);
+                if io.write_all(&buf).await.is_err() || io.flush().await.is_err() {
+                    return End::Io;
+                }
+            }
+            if !self.delivered.is_empty() {
+                let seqs = std::mem::take(&mut self.delivered);
+                if let Some(a) = self.slot.actor() {
+                    let _ = a.cast(DeviceMsg::Delivered(seqs));
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return End::Shutdown,
+                c = ctl.recv() => match c {
+                    Some(Control::TakeOver { reply }) => return End::TakenOver(reply),
+                    Some(Control::Kick(code)) => return End::Kicked(code),
+                    None => {}
+                },
+                read = async {
+                    io.wait_readable().await?;
+                    rbuf.reserve(READ_CHUNK);
+                    io.read_buf(&mut rbuf).await
+                } => {
+                    match read {
+                        Ok(0) | Err(_) => return End::Io,
+                        Ok(_) => {}
+                    }
+                    last_read = Instant::now();
+                    if let Err(end) = self.on_input(&mut rbuf).await {
+                        return end;
+                    }
+                    if rbuf.is_empty() {
+                        // Release the read buffer while idle.
+                        rbuf = BytesMut::new();
+                    }
+                }
+                d = rx.recv() => {
+                    let Some(d) = d else { continue };
+                    self.deliver(d);
+                    for _ in 1..DRAIN_BATCH {
+                        match rx.try_recv() {
+                            Ok(d) => self.deliver(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = &mut keepalive => {
+                    let deadline = last_read + ka;
+                    if Instant::now() >= deadline {
+                        return End::KeepAlive;
+                    }
+                    keepalive.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    async fn on_input(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        let cfg = &self.ctx.cfg.mqtt;
+        let (max, max_up) = (cfg.max_packet_size as usize, cfg.max_user_properties);
+        loop {
+            let first = rbuf.first().copied();
+            match mqtt::decode(rbuf, self.neg.protocol, max, max_up) {
+                Ok(Some(d)) => {
+                    self.ctx.metrics.packet_in(first.unwrap_or(0), d.size);
+                    self.on_packet(d.packet).await?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(decode_end(&e)),
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, p: Packet) -> Result<(), End> {
+        let v5 = self.neg.protocol.is_v5();
+        match p {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(r) => {
+                if let Ok(a) = self.outgoing.ack(r.pkid, AckKind::PubAck) {
+                    self.completed(a);
+                }
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                if r.reason.is_error() {
+                    let a = self.outgoing.abandon(r.pkid);
+                    self.completed(a);
+                    return Ok(());
+                }
+                let reason = match self.outgoing.ack(r.pkid, AckKind::PubRec) {
+                    Ok(_) => ReasonCode::Success,
+                    Err(_) => ReasonCode::PacketIdentifierNotFound,
+                };
+                let rel = PubResp {
+                    pkid: r.pkid,
+                    reason: if v5 { reason } else { ReasonCode::Success },
+                    properties: Properties::default(),
+                };
+                self.out.packet(&Packet::PubRel(rel), &self.ctx.metrics);
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                if let Ok(a) = self.outgoing.ack(r.pkid, AckKind::PubComp) {
+                    self.completed(a);
+                }
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let known = self.incoming.release(r.pkid);
+                let reason = if known || !v5 {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                let comp = PubResp { pkid: r.pkid, reason, properties: Properties::default() };
+                self.out.packet(&Packet::PubComp(comp), &self.ctx.metrics);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => {
+                let filters = u.filters.clone();
+                let res = self
+                    .ctx
+                    .devices
+                    .call(&self.slot, |reply| DeviceMsg::Unsubscribe {
+                        filters: filters.clone(),
+                        reply,
+                    })
+                    .await;
+                let reasons = match res {
+                    Ok((codes, durable)) => {
+                        let ok = match durable {
+                            Some(d) => matches!(d.await, Ok(Ok(()))),
+                            None => true,
+                        };
+                        if ok {
+                            codes
+                        } else {
+                            vec![ReasonCode::UnspecifiedError; u.filters.len()]
+                        }
+                    }
+                    Err(_) => vec![ReasonCode::UnspecifiedError; u.filters.len()],
+                };
+                let ack = UnsubAck { pkid: u.pkid, reasons, properties: Properties::default() };
+                self.out.packet(&Packet::UnsubAck(ack), &self.ctx.metrics);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.out.packet(&Packet::PingResp, &self.ctx.metrics);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.neg.expiry_secs == 0 && e != 0 {
+                        return Err(End::Violation(
+                            ReasonCode::ProtocolError,
+                            "session_expiry_after_zero",
+                        ));
+                    }
+                    self.expiry_update = Some(e.min(self.ctx.cfg.mqtt.max_session_expiry_secs));
+                }
+                Err(End::Client { will: d.reason == ReasonCode::DisconnectWithWill })
+            }
+            Packet::Connect(_) => Err(End::Violation(ReasonCode::ProtocolError, "second_connect")),
+            _ => Err(End::Violation(ReasonCode::ProtocolError, "unexpected_packet")),
+        }
+    }
+
+    async fn on_publish(&mut self, p: mqtt::Publish) -> Result<(), End> {
+        let cfg = self.ctx.cfg.mqtt.clone();
+        let v5 = self.neg.protocol.is_v5();
+        self.ctx.metrics.messages_in.inc();
+        let topic: Arc<str> = match p.properties.topic_alias {
+            Some(a) if v5 => {
+                if a == 0 || a > cfg.topic_alias_maximum {
+                    return Err(End::Violation(
+                        ReasonCode::TopicAliasInvalid,
+                        "topic_alias_invalid",
+                    ));
+                }
+                if p.topic.is_empty() {
+                    match self.in_aliases.get(&a) {
+                        Some(t) => t.clone(),
+                        None => {
+                            return Err(End::Violation(
+                                ReasonCode::ProtocolError,
+                                "unknown_topic_alias",
+                            ))
+                        }
+                    }
+                } else {
+                    let t: Arc<str> = Arc::from(p.topic.as_str());
+                    self.in_aliases.insert(a, t.clone());
+                    t
+                }
+            }
+            _ => Arc::from(p.topic.as_str()),
+        };
+        if p.qos as u8 > cfg.maximum_qos {
+            return Err(End::Violation(ReasonCode::QosNotSupported, "qos_not_supported"));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(End::Violation(ReasonCode::RetainNotSupported, "retain_not_supported"));
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                if self.incoming.check_quota().is_err() {
+                    return Err(End::Violation(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "receive_maximum_exceeded",
+                    ));
+                }
+            }
+            QoS::ExactlyOnce => match self.incoming.publish(p.pkid) {
+                Err(_) => {
+                    return Err(End::Violation(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "receive_maximum_exceeded",
+                    ))
+                }
+                Ok(false) => {
+                    // Duplicate before PUBREL: acknowledge again, do not forward again.
+                    self.out.packet(&Packet::PubRec(PubResp::ok(p.pkid)), &self.ctx.metrics);
+                    return Ok(());
+                }
+                Ok(true) => {}
+            },
+        }
+        let now = now_ms();
+        let msg = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: if v5 { app_properties(&p.properties) } else { Properties::default() },
+            expires_at_ms: p.properties.message_expiry_interval.map(|s| now + u64::from(s) * 1000),
+            origin: Some(self.client.clone()),
+        });
+        let reason = match self.ctx.router.publish(msg) {
+            Ok(routed) => {
+                let mut ok = true;
+                for a in routed.acks {
+                    ok &= matches!(a.await, Ok(Ok(())));
+                }
+                if !ok {
+                    ReasonCode::UnspecifiedError
+                } else if routed.matched == 0 {
+                    ReasonCode::NoMatchingSubscribers
+                } else {
+                    ReasonCode::Success
+                }
+            }
+            Err(e) => {
+                tracing::error!(message = "publish not stored", error = %e);
+                ReasonCode::UnspecifiedError
+            }
+        };
+        if p.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        if reason.is_error() && !v5 {
+            // 3.1.1 has no negative acknowledgement: close so the client retries.
+            return Err(End::Io);
+        }
+        if reason.is_error() && p.qos == QoS::ExactlyOnce {
+            self.incoming.release(p.pkid);
+        }
+        let resp = PubResp {
+            pkid: p.pkid,
+            reason: if v5 { reason } else { ReasonCode::Success },
+            properties: Properties::default(),
+        };
+        let pkt =
+            if p.qos == QoS::AtLeastOnce { Packet::PubAck(resp) } else { Packet::PubRec(resp) };
+        self.out.packet(&pkt, &self.ctx.metrics);
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, s: mqtt::Subscribe) -> Result<(), End> {
+        let cfg = &self.ctx.cfg.mqtt;
+        let v5 = self.neg.protocol.is_v5();
+        if v5
+            && !s.properties.subscription_identifiers.is_empty()
+            && !cfg.subscription_identifiers_available
+        {
+            return Err(End::Violation(
+                ReasonCode::SubscriptionIdentifiersNotSupported,
+                "subscription_ids_not_supported",
+            ));
+        }
+        if v5 && s.filters.iter().any(|(f, o)| o.no_local && f.starts_with("$share/")) {
+            return Err(End::Violation(ReasonCode::ProtocolError, "no_local_on_shared"));
+        }
+        let id = s.properties.subscription_identifiers.first().copied();
+        let filters = s.filters.clone();
+        let res = self
+            .ctx
+            .devices
+            .call(&self.slot, |reply| DeviceMsg::Subscribe { filters: filters.clone(), id, reply })
+            .await;
+        let (reasons, retained) = match res {
+            Ok(r) => {
+                let ok = match r.durable {
+                    Some(d) => matches!(d.await, Ok(Ok(()))),
+                    None => true,
+                };
+                if ok {
+                    (r.codes, r.retained)
+                } else {
+                    (vec![ReasonCode::UnspecifiedError; s.filters.len()], Vec::new())
+                }
+            }
+            Err(e) => {
+                tracing::warn!(message = "subscribe failed", client = %self.client, error = %e);
+                (vec![ReasonCode::UnspecifiedError; s.filters.len()], Vec::new())
+            }
+        };
+        let ack = SubAck { pkid: s.pkid, reasons, properties: Properties::default() };
+        self.out.packet(&Packet::SubAck(ack), &self.ctx.metrics);
+        for d in retained {
+            self.deliver(d);
+        }
+        Ok(())
+    }
+
+    fn live_state(&mut self, rx: Option<&mut mpsc::Receiver<Delivery>>) -> LiveState {
+        let outgoing = std::mem::replace(&mut self.outgoing, Outgoing::new(1));
+        let (inflight, mut pending) = outgoing.into_parts();
+        if let Some(rx) = rx {
+            rx.close();
+            while let Ok(d) = rx.try_recv() {
+                pending.push(d);
+            }
+        }
+        LiveState { inflight, pending, awaiting_rel: self.incoming.awaiting() }
+    }
+
+    fn detach(&mut self, live: LiveState, will: bool) {
+        let msg = DeviceMsg::Detach {
+            conn_id: self.conn_id,
+            live,
+            will,
+            expiry_secs: self.expiry_update,
+        };
+        if let Some(a) = self.slot.actor() {
+            if a.cast(msg).is_ok() {
+                return;
+            }
+        }
+        tracing::warn!(message = "device actor gone at detach", client = %self.client);
+    }
+
+    async fn finish<S: DeviceIo>(
+        &mut self,
+        io: &mut S,
+        end: End,
+        rx: &mut mpsc::Receiver<Delivery>,
+    ) {
+        let (reason, label, will) = match &end {
+            End::Client { will } => (None, "normal", *will),
+            End::Io => (None, "connection_lost", true),
+            End::Violation(code, label) => (Some(*code), *label, true),
+            End::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), "keep_alive_timeout", true),
+            End::TakenOver(_) => (Some(ReasonCode::SessionTakenOver), "session_taken_over", false),
+            End::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server_shutting_down", true),
+            End::Kicked(code) => (Some(*code), "administrative_action", true),
+        };
+        let m = &self.ctx.metrics;
+        m.disconnects.with_label_values(&[label]).inc();
+        if let End::Violation(..) = &end {
+            m.protocol_errors.with_label_values(&[label]).inc();
+        }
+        if let (Some(code), true) = (reason, self.neg.protocol.is_v5()) {
+            let d =
+                Packet::Disconnect(Disconnect { reason: code, properties: Properties::default() });
+            self.out.packet(&d, m);
+        }
+        if !self.out.buf.is_empty() {
+            let buf = std::mem::take(&mut self.out.buf);
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&buf)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        tracing::debug!(message = "client disconnected", client = %self.client, reason = label);
+        if !self.delivered.is_empty() {
+            if let Some(a) = self.slot.actor() {
+                let _ = a.cast(DeviceMsg::Delivered(std::mem::take(&mut self.delivered)));
+            }
+        }
+        let live = self.live_state(Some(rx));
+        match end {
+            End::TakenOver(reply) => {
+                let _ = reply.send(live);
+            }
+            _ => self.detach(live, will),
+        }
+    }
+}
+
+fn decode_end(e: &DecodeError) -> End {
+    End::Violation(e.reason(), e.label())
+}
