@@ -147,7 +147,7 @@ impl Metrics {
             "Messages not delivered, by reason",
             &["reason"],
         );
-        Metrics {
+        let m = Metrics {
             connections: gauge_vec(
                 "homeport_connections",
                 "Open device connections",
@@ -205,7 +205,14 @@ impl Metrics {
                 "Device actors restarted after a failure",
             ),
             registry,
+        };
+        // Export the usual series from the start, at zero.
+        for l in ["tcp", "tls", "ws"] {
+            m.connections.with_label_values(&[l]).set(0);
         }
+        m.connects.with_label_values(&["accepted"]);
+        m.disconnects.with_label_values(&["normal"]);
+        m
     }
 
     /// Counts a received packet by its fixed-header type nibble.

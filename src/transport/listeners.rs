@@ -172,6 +172,8 @@ fn tls_acceptor(t: &TlsListenerConfig) -> Result<TlsAcceptor, TransportError> {
 /// bridge binary frames to a byte pipe the ordinary connection task reads.
 async fn serve_ws(stream: TcpStream, addr: SocketAddr, cfg: WsListenerConfig, ctx: Arc<ConnCtx>) {
     let path = cfg.path.clone();
+    // The error type is tungstenite's callback contract, not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             let mut e = ErrorResponse::new(Some("not found".into()));

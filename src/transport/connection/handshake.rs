@@ -12,7 +12,7 @@ use crate::broker::{app_properties, now_ms, StoredMessage};
 use crate::mqtt::{
     self, ConnAck, Connect, DecodeError, Packet, Properties, Protocol, QoS, ReasonCode,
 };
-use crate::session::{StoredWill, NEVER_EXPIRES};
+use crate::session::StoredWill;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -144,7 +144,8 @@ pub fn negotiate(c: &Connect, ctx: &ConnCtx) -> Result<Negotiated, ReasonCode> {
     } else if c.clean_start {
         0
     } else {
-        NEVER_EXPIRES.min(cfg.max_session_expiry_secs)
+        // 3.1.1 persistent sessions live as long as the longest expiry we grant.
+        cfg.max_session_expiry_secs
     };
     let keep_alive = match (v5, cfg.server_keep_alive) {
         (true, Some(k)) => k,
