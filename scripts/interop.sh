@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Drives the broker with independent clients: mosquitto_pub/sub (Debian) and paho-mqtt
+# (PyPI, in a venv). Installs what it needs. Covers QoS 0/1/2 both ways, retained
+# messages, wills, and a persistent session across `kill -9` and restart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto_pub >/dev/null; then
+  echo "installing mosquitto-clients"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients) >/dev/null
+fi
+VENV=target/interop-venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q 'paho-mqtt>=2,<3'
+
+cargo build -q --bin homeport
+BIN=target/debug/homeport
+DATA=$(mktemp -d)
+PORT=18830
+LOG=$(mktemp)
+PID=""
+start() {
+  "$BIN" serve --data-dir "$DATA" --mqtt-bind 127.0.0.1:$PORT --ws-bind 127.0.0.1:18083 \
+    --admin-bind 127.0.0.1:18080 >>"$LOG" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 100); do
+    if mosquitto_pub -h 127.0.0.1 -p $PORT -t ping -m x 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "broker did not start"; cat "$LOG"; exit 1
+}
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true; rm -rf "$DATA"; }
+trap cleanup EXIT
+
+start
+echo "== mosquitto: QoS 0/1/2 both ways"
+OUT=$(mktemp)
+mosquitto_sub -h 127.0.0.1 -p $PORT -q 2 -t 'i/#' -v -C 3 -W 10 >"$OUT" &
+SUB=$!
+sleep 0.5
+for q in 0 1 2; do mosquitto_pub -h 127.0.0.1 -p $PORT -q $q -t "i/q$q" -m "m$q"; done
+wait $SUB
+diff <(printf 'i/q0 m0\ni/q1 m1\ni/q2 m2\n') "$OUT"
+
+echo "== mosquitto: retained"
+mosquitto_pub -h 127.0.0.1 -p $PORT -q 1 -r -t i/ret -m keep
+[ "$(mosquitto_sub -h 127.0.0.1 -p $PORT -t i/ret -C 1 -W 5)" = keep ]
+mosquitto_pub -h 127.0.0.1 -p $PORT -q 1 -r -t i/ret -n
+if mosquitto_sub -h 127.0.0.1 -p $PORT -t i/ret -C 1 -W 1 >/dev/null 2>&1; then
+  echo "cleared retained message still delivered"; exit 1
+fi
+
+echo "== paho: will, persistent session (part 1)"
+"$VENV/bin/python" scripts/interop.py --port $PORT before
+
+echo "== kill -9 and restart"
+kill -9 "$PID"; wait "$PID" 2>/dev/null || true
+start
+"$VENV/bin/python" scripts/interop.py --port $PORT after
+echo "interop: 6 passed, 0 failed"

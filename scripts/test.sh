@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: unit, property and integration tests (real sockets, rumqttc),
+# a compile check of the benchmarks, and the external-client check with mosquitto and
+# paho-mqtt (installed by scripts/interop.sh itself).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --all-features
+cargo bench --no-run
+if [ "${HOMEPORT_SKIP_INTEROP:-0}" != "1" ]; then
+  ./scripts/interop.sh
+fi
