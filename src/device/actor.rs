@@ -423,7 +423,9 @@ impl Actor for DeviceActor {
             DeviceMsg::Enqueue(d, ack) => {
                 let online = state.slot.route().conn.clone();
                 if let Some(conn) = online {
-                    // Attached meanwhile: hand it to the connection.
+                    // Attached meanwhile: hand it to the connection. Known window: a
+                    // message routed directly to the connection after the slot went
+                    // online can overtake this one (reordering across the reconnect).
                     match conn.tx.try_send(d) {
                         Ok(()) => {
                             let _ = ack.send(Ok(()));
