@@ -17,6 +17,9 @@ use crate::mqtt::{topic, QoS, SubOptions};
 use crate::store::{DurableAck, Store, StoreError};
 use crate::telemetry::{DropReason, Metrics};
 
+/// Up to this many matches, overlapping subscriptions are merged by a linear scan.
+const LINEAR_DEDUP: usize = 16;
+
 /// Result of routing one message.
 #[derive(Debug, Default)]
 pub struct Routed {
@@ -83,16 +86,21 @@ impl Router {
         }
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
-        // subscription identifiers.
+        // subscription identifiers. Few matches (the common case) are deduplicated by a
+        // linear scan; a map is built only for large fan-outs.
         let mut per_session: Vec<(Arc<SessionSlot>, QoS, bool, Vec<u32>)> =
             Vec::with_capacity(matches.len());
-        let mut index: HashMap<*const SessionSlot, usize> = HashMap::new();
+        let mut index: Option<HashMap<*const SessionSlot, usize>> =
+            (matches.len() > LINEAR_DEDUP).then(HashMap::new);
         for m in matches {
             if m.opts.no_local && msg.origin.as_deref() == Some(&*m.key.0.client_id) {
                 continue;
             }
-            let ptr = Arc::as_ptr(&m.key.0);
-            match index.get(&ptr).copied() {
+            let found = match &index {
+                Some(map) => map.get(&Arc::as_ptr(&m.key.0)).copied(),
+                None => per_session.iter().position(|e| Arc::ptr_eq(&e.0, &m.key.0)),
+            };
+            match found {
                 Some(i) => {
                     let e = &mut per_session[i];
                     e.1 = e.1.max(m.opts.qos);
@@ -100,7 +108,9 @@ impl Router {
                     e.3.extend(m.id);
                 }
                 None => {
-                    index.insert(ptr, per_session.len());
+                    if let Some(map) = &mut index {
+                        map.insert(Arc::as_ptr(&m.key.0), per_session.len());
+                    }
                     per_session.push((
                         m.key.0,
                         m.opts.qos,

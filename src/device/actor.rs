@@ -323,7 +323,14 @@ impl DeviceState {
             match self.save() {
                 Ok(()) if self.persistent() => durable = Some(self.ctx.store.durable()),
                 Ok(()) => {}
-                Err(e) => tracing::error!(message = "session save failed", error = %e),
+                Err(e) => {
+                    // Never grant what is not stored: the client sees a failure code.
+                    tracing::error!(message = "session save failed", client = %self.client, error = %e);
+                    for c in codes.iter_mut().filter(|c| !c.is_error()) {
+                        *c = ReasonCode::UnspecifiedError;
+                    }
+                    retained.clear();
+                }
             }
         }
         SubscribeReply { codes, retained, durable }
@@ -416,8 +423,14 @@ impl Actor for DeviceActor {
                         ReasonCode::NoSubscriptionExisted
                     });
                 }
-                state.save()?;
-                let durable = state.persistent().then(|| state.ctx.store.durable());
+                let durable = match state.save() {
+                    Ok(()) => state.persistent().then(|| state.ctx.store.durable()),
+                    Err(e) => {
+                        tracing::error!(message = "session save failed", client = %state.client, error = %e);
+                        codes.iter_mut().for_each(|c| *c = ReasonCode::UnspecifiedError);
+                        None
+                    }
+                };
                 let _ = reply.send((codes, durable));
             }
             DeviceMsg::Enqueue(d, ack) => {
