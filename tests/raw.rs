@@ -2,129 +2,13 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use common::raw::*;
 use common::*;
 use homeport::mqtt::{
-    self, Connect, Packet, Properties, Protocol, Publish, QoS, ReasonCode, SubOptions, Subscribe,
+    Packet, Properties, Protocol, Publish, QoS, ReasonCode, SubOptions, Subscribe,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-    v: Protocol,
-}
-
-impl Raw {
-    async fn open(node: &homeport::node::Node) -> Raw {
-        Raw {
-            s: TcpStream::connect(addr(node)).await.unwrap(),
-            buf: BytesMut::new(),
-            v: Protocol::V5,
-        }
-    }
-
-    async fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        mqtt::encode(p, self.v, &mut out);
-        self.s.write_all(&out).await.unwrap();
-    }
-
-    async fn send_bytes(&mut self, b: &[u8]) {
-        let _ = self.s.write_all(b).await;
-    }
-
-    /// Next packet, or None when the server closed the connection.
-    async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(d) = mqtt::decode(&mut self.buf, self.v, 1 << 24, 1024).unwrap() {
-                    return Some(d.packet);
-                }
-                match self.s.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("server answers or closes in time")
-    }
-
-    async fn connect(&mut self, id: &str, v: Protocol, props: Properties) -> Packet {
-        self.v = v;
-        let c = Connect {
-            protocol: v,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: props,
-        };
-        self.send(&Packet::Connect(Box::new(c))).await;
-        self.recv().await.expect("CONNACK")
-    }
-
-    /// Reads until close; returns the DISCONNECT reason if one came.
-    async fn closed_with(&mut self) -> Option<ReasonCode> {
-        let mut reason = None;
-        while let Some(p) = self.recv().await {
-            if let Packet::Disconnect(d) = p {
-                reason = Some(d.reason);
-            }
-        }
-        reason
-    }
-}
-
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: &str) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        pkid,
-        properties: Properties::default(),
-        payload: Bytes::from(payload.to_string()),
-    })
-}
-
-fn subscribe(pkid: u16, filters: &[(&str, QoS)], id: Option<u32>) -> Packet {
-    Packet::Subscribe(Subscribe {
-        pkid,
-        filters: filters.iter().map(|(f, q)| (f.to_string(), SubOptions::qos(*q))).collect(),
-        properties: Properties {
-            subscription_identifiers: id.into_iter().collect(),
-            ..Default::default()
-        },
-    })
-}
-
-/// A healthy client that must keep working while others misbehave.
-async fn healthy_pair(node: &homeport::node::Node) -> (Raw, Raw) {
-    let mut sub = Raw::open(node).await;
-    sub.connect("healthy-sub", Protocol::V5, Properties::default()).await;
-    sub.send(&subscribe(1, &[("h/#", QoS::AtLeastOnce)], None)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
-    let mut publ = Raw::open(node).await;
-    publ.connect("healthy-pub", Protocol::V5, Properties::default()).await;
-    (sub, publ)
-}
-
-async fn still_works(sub: &mut Raw, publ: &mut Raw, n: u16) {
-    publ.send(&publish("h/x", QoS::AtLeastOnce, n, "ok")).await;
-    assert!(matches!(publ.recv().await, Some(Packet::PubAck(a)) if a.pkid == n));
-    match sub.recv().await {
-        Some(Packet::Publish(p)) => {
-            assert_eq!(&p.payload[..], b"ok");
-            sub.send(&Packet::PubAck(mqtt::PubResp::ok(p.pkid))).await;
-        }
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
+use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_counted_without_disturbing_others() {

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::trie::SharedKey;
 use crate::mqtt::{Properties, QoS};
 
 /// Milliseconds since the Unix epoch.
@@ -55,6 +56,9 @@ pub struct Delivery {
     /// Offline-queue sequence number when it was drained from the durable queue; the
     /// entry is removed once the client acknowledges it.
     pub seq: Option<u64>,
+    /// Set when the message reached this session only through a shared subscription: if
+    /// the session leaves before acknowledging it, another member gets it.
+    pub shared: Option<Arc<SharedKey>>,
 }
 
 /// The persisted form of the application properties.

@@ -2,6 +2,7 @@
 //! to its session without holding the trie lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
@@ -11,7 +12,7 @@ use tokio::sync::{mpsc::error::TrySendError, oneshot};
 use super::message::{now_ms, Delivery, Message, StoredMessage};
 use super::retained::Retained;
 use super::slot::{SessionSlot, SlotRef};
-use super::trie::{Entry, Trie};
+use super::trie::{Entry, SharedKey, Trie};
 use crate::device::{DeviceMsg, SupervisorMsg};
 use crate::mqtt::{topic, QoS, SubOptions};
 use crate::store::{DurableAck, Store, StoreError};
@@ -30,6 +31,17 @@ pub struct Routed {
     pub acks: Vec<DurableAck>,
 }
 
+/// One session's merged matches for a message.
+struct PerSession {
+    slot: Arc<SessionSlot>,
+    qos: QoS,
+    rap: bool,
+    sub_ids: Vec<u32>,
+    /// Matched through at least one non-shared subscription.
+    direct: bool,
+    shared: Option<Arc<SharedKey>>,
+}
+
 /// Result of adding one subscription.
 #[derive(Debug)]
 pub struct SubscribeOutcome {
@@ -42,11 +54,17 @@ pub struct Router {
     store: Store,
     metrics: Arc<Metrics>,
     devices: OnceLock<ActorRef<SupervisorMsg>>,
+    /// Journal QoS 1/2 deliveries to connected persistent sessions.
+    durable_inflight: bool,
 }
 
 impl Router {
     /// Creates the router and loads retained messages from the store.
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Result<Router, StoreError> {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        durable_inflight: bool,
+    ) -> Result<Router, StoreError> {
         let mut retained = Retained::default();
         for m in store.retained()? {
             retained.apply(&Arc::new(m.into_message(None)));
@@ -58,6 +76,7 @@ impl Router {
             store,
             metrics,
             devices: OnceLock::new(),
+            durable_inflight,
         })
     }
 
@@ -88,8 +107,7 @@ impl Router {
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
         // subscription identifiers. Few matches (the common case) are deduplicated by a
         // linear scan; a map is built only for large fan-outs.
-        let mut per_session: Vec<(Arc<SessionSlot>, QoS, bool, Vec<u32>)> =
-            Vec::with_capacity(matches.len());
+        let mut per_session: Vec<PerSession> = Vec::with_capacity(matches.len());
         let mut index: Option<HashMap<*const SessionSlot, usize>> =
             (matches.len() > LINEAR_DEDUP).then(HashMap::new);
         for m in matches {
@@ -98,25 +116,31 @@ impl Router {
             }
             let found = match &index {
                 Some(map) => map.get(&Arc::as_ptr(&m.key.0)).copied(),
-                None => per_session.iter().position(|e| Arc::ptr_eq(&e.0, &m.key.0)),
+                None => per_session.iter().position(|e| Arc::ptr_eq(&e.slot, &m.key.0)),
             };
             match found {
                 Some(i) => {
                     let e = &mut per_session[i];
-                    e.1 = e.1.max(m.opts.qos);
-                    e.2 |= m.opts.retain_as_published;
-                    e.3.extend(m.id);
+                    e.qos = e.qos.max(m.opts.qos);
+                    e.rap |= m.opts.retain_as_published;
+                    e.sub_ids.extend(m.id);
+                    e.direct |= m.group.is_none();
+                    if e.shared.is_none() {
+                        e.shared = m.group;
+                    }
                 }
                 None => {
                     if let Some(map) = &mut index {
                         map.insert(Arc::as_ptr(&m.key.0), per_session.len());
                     }
-                    per_session.push((
-                        m.key.0,
-                        m.opts.qos,
-                        m.opts.retain_as_published,
-                        m.id.into_iter().collect(),
-                    ));
+                    per_session.push(PerSession {
+                        slot: m.key.0,
+                        qos: m.opts.qos,
+                        rap: m.opts.retain_as_published,
+                        sub_ids: m.id.into_iter().collect(),
+                        direct: m.group.is_none(),
+                        shared: m.group,
+                    });
                 }
             }
         }
@@ -124,17 +148,51 @@ impl Router {
         if per_session.is_empty() {
             self.metrics.dropped(DropReason::NoSubscribers);
         }
-        for (slot, qos, rap, sub_ids) in per_session {
+        let mut journaled = false;
+        for e in per_session {
             let d = Delivery {
                 msg: msg.clone(),
-                qos: msg.qos.min(qos),
-                retain: rap && msg.retain,
-                sub_ids,
+                qos: msg.qos.min(e.qos),
+                retain: e.rap && msg.retain,
+                sub_ids: e.sub_ids,
                 seq: None,
+                // A session that also subscribed directly keeps the message for itself.
+                shared: if e.direct { None } else { e.shared },
             };
-            self.deliver(&slot, d, &mut routed.acks);
+            journaled |= self.deliver_to(&e.slot, d, &mut routed.acks);
+        }
+        if journaled {
+            routed.acks.push(self.store.durable());
         }
         Ok(routed)
+    }
+
+    /// Hands a message that `leaving` received through a shared subscription but did not
+    /// acknowledge to another connected member of the same group. Gives the delivery back
+    /// if it did not come through a shared subscription or no other member is connected.
+    pub fn redispatch(&self, d: Delivery, leaving: &SessionSlot) -> Result<(), Delivery> {
+        let Some(key) = d.shared.clone() else {
+            return Err(d);
+        };
+        let picked = self
+            .trie
+            .read()
+            .pick(&key, |s| !std::ptr::eq(Arc::as_ptr(&s.0), leaving) && s.0.is_online());
+        let Some(m) = picked else {
+            return Err(d);
+        };
+        let moved = Delivery {
+            qos: d.msg.qos.min(m.opts.qos),
+            retain: m.opts.retain_as_published && d.msg.retain,
+            sub_ids: m.id.into_iter().collect(),
+            seq: None,
+            shared: Some(key),
+            msg: d.msg,
+        };
+        let mut acks = Vec::new();
+        self.deliver(&m.key.0, moved, &mut acks);
+        self.metrics.shared_redispatched.inc();
+        Ok(())
     }
 
     fn retain(&self, msg: &Arc<Message>) -> Result<(), StoreError> {
@@ -150,36 +208,86 @@ impl Router {
     }
 
     /// Hands one delivery to a session: its connection if attached, else (persistent
-    /// sessions, QoS > 0) its device actor for the durable offline queue.
+    /// sessions, QoS > 0) its device actor for the durable offline queue. `acks` gets what
+    /// the publisher's acknowledgement must wait for.
     pub fn deliver(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<DurableAck>) {
+        if self.deliver_to(slot, d, acks) {
+            acks.push(self.store.durable());
+        }
+    }
+
+    /// Records a QoS 1/2 delivery to a connected persistent session in the in-flight
+    /// journal, numbering it from the session's sequence. Returns it with `seq` set, and
+    /// whether a write was made (the caller waits for durability once per batch).
+    pub fn journal(&self, slot: &SessionSlot, mut d: Delivery) -> (Delivery, bool) {
+        if !self.durable_inflight || d.qos == QoS::AtMostOnce || d.seq.is_some() {
+            return (d, false);
+        }
+        let seq = slot.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut stored = StoredMessage::from(&*d.msg);
+        stored.qos = d.qos;
+        stored.retain = d.retain;
+        match self.store.inflight_push(&slot.client_id, seq, &stored) {
+            Ok(()) => {
+                d.seq = Some(seq);
+                (d, true)
+            }
+            Err(e) => {
+                tracing::error!(message = "in-flight journal write failed", error = %e);
+                self.metrics.storage_errors.inc();
+                (d, false)
+            }
+        }
+    }
+
+    /// [`Router::deliver`] without the flush wait; true if the in-flight journal was
+    /// written and the caller must wait for [`Store::durable`].
+    fn deliver_to(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<DurableAck>) -> bool {
+        let mut journaled = false;
         let (d, tx) = {
             let route = slot.route();
             let d = match &route.conn {
-                Some(conn) => match conn.tx.try_send(d) {
-                    Ok(()) => return,
-                    Err(TrySendError::Full(_)) => {
-                        self.metrics.dropped(DropReason::QueueFull);
-                        return;
+                Some(conn) => {
+                    let d = if route.persistent {
+                        let (d, wrote) = self.journal(slot, d);
+                        journaled = wrote;
+                        d
+                    } else {
+                        d
+                    };
+                    match conn.tx.try_send(d) {
+                        Ok(()) => return journaled,
+                        Err(TrySendError::Full(_)) => {
+                            // A journaled message is not lost: it is sent again on the
+                            // next reconnect.
+                            self.metrics.dropped(DropReason::QueueFull);
+                            return journaled;
+                        }
+                        Err(TrySendError::Closed(d)) => d,
                     }
-                    Err(TrySendError::Closed(d)) => d,
-                },
+                }
                 None => d,
             };
             if !route.persistent {
-                return;
+                return journaled;
+            }
+            if d.seq.is_some() {
+                // Journaled just before the connection closed: the journal holds it
+                // for the next attach.
+                return journaled;
             }
             if d.qos == QoS::AtMostOnce {
                 self.metrics.dropped(DropReason::OfflineQos0);
-                return;
+                return journaled;
             }
             let (tx, rx) = oneshot::channel();
             acks.push(rx);
             match &route.actor {
                 None => (d, tx),
                 Some(actor) => match actor.cast(DeviceMsg::Enqueue(d, tx)) {
-                    Ok(()) => return,
+                    Ok(()) => return journaled,
                     Err(ractor::MessagingErr::SendErr(DeviceMsg::Enqueue(d, tx))) => (d, tx),
-                    Err(_) => return,
+                    Err(_) => return journaled,
                 },
             }
         };
@@ -195,6 +303,7 @@ impl Router {
                 let _ = tx.send(Err(StoreError::Closed));
             }
         }
+        journaled
     }
 
     /// Adds or replaces a subscription. `filter` may be a `$share/...` filter.
@@ -240,6 +349,7 @@ impl Router {
                 retain: true,
                 sub_ids: Vec::new(),
                 seq: None,
+                shared: None,
             })
             .collect()
     }

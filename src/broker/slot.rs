@@ -1,6 +1,7 @@
 //! The routing entry of one session: where deliveries for it go right now. The connection
 //! is preferred; a persistent session without one goes to its device actor.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -54,11 +55,14 @@ pub struct Route {
 pub struct SessionSlot {
     pub client_id: Arc<str>,
     route: RwLock<Route>,
+    /// Next sequence number for the session's stored messages (offline queue and
+    /// in-flight journal share one order). Set by the device actor when it starts.
+    pub next_seq: AtomicU64,
 }
 
 impl SessionSlot {
     pub fn new(client_id: Arc<str>) -> Self {
-        SessionSlot { client_id, route: RwLock::new(Route::default()) }
+        SessionSlot { client_id, route: RwLock::new(Route::default()), next_seq: AtomicU64::new(0) }
     }
 
     pub fn route(&self) -> parking_lot::RwLockReadGuard<'_, Route> {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::mqtt::SubOptions;
 
@@ -16,10 +17,18 @@ pub struct Entry<K> {
     pub id: Option<u32>,
 }
 
+/// Names one shared subscription: `$share/{group}/{filter}`. Carried by deliveries that
+/// came through it, so that a member that leaves can hand them to another member.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SharedKey {
+    pub group: Box<str>,
+    pub filter: Box<str>,
+}
+
 /// A shared subscription group at one filter.
 #[derive(Debug)]
 struct Group<K> {
-    name: Box<str>,
+    key: Arc<SharedKey>,
     members: Vec<Entry<K>>,
     next: AtomicUsize,
 }
@@ -44,13 +53,13 @@ impl<K> Node<K> {
 }
 
 /// One match: a subscriber and the subscription that matched. Shared groups contribute one
-/// member each, tagged with the group name.
+/// member each, tagged with the shared subscription.
 #[derive(Debug, Clone)]
 pub struct Match<K> {
     pub key: K,
     pub opts: SubOptions,
     pub id: Option<u32>,
-    pub group: Option<Box<str>>,
+    pub group: Option<Arc<SharedKey>>,
 }
 
 /// The subscription trie, generic over the subscriber key.
@@ -95,11 +104,11 @@ impl<K: Clone + PartialEq> Trie<K> {
         let list = match group {
             None => &mut node.subs,
             Some(g) => {
-                let idx = match node.groups.iter().position(|x| &*x.name == g) {
+                let idx = match node.groups.iter().position(|x| &*x.key.group == g) {
                     Some(i) => i,
                     None => {
                         node.groups.push(Group {
-                            name: g.into(),
+                            key: Arc::new(SharedKey { group: g.into(), filter: filter.into() }),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
@@ -138,7 +147,7 @@ impl<K: Clone + PartialEq> Trie<K> {
                     node.subs.len() != before
                 }
                 Some(g) => {
-                    let Some(i) = node.groups.iter().position(|x| &*x.name == g) else {
+                    let Some(i) = node.groups.iter().position(|x| &*x.key.group == g) else {
                         return false;
                     };
                     let members = &mut node.groups[i].members;
@@ -217,9 +226,23 @@ impl<K: Clone + PartialEq> Trie<K> {
                 key: pick.key.clone(),
                 opts: pick.opts,
                 id: pick.id,
-                group: Some(g.name.clone()),
+                group: Some(g.key.clone()),
             });
         }
+    }
+
+    /// One member of the shared subscription `key` for which `eligible` holds, round robin;
+    /// `None` if there is none. Used to hand a leaving member's messages to another one.
+    pub fn pick(&self, key: &SharedKey, eligible: impl Fn(&K) -> bool) -> Option<Match<K>> {
+        let mut node = &self.root;
+        for level in key.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.groups.iter().find(|g| g.key.group == key.group)?;
+        let n = g.members.len();
+        let start = g.next.fetch_add(1, Ordering::Relaxed);
+        let e = (0..n).map(|i| &g.members[(start + i) % n]).find(|e| eligible(&e.key))?;
+        Some(Match { key: e.key.clone(), opts: e.opts, id: e.id, group: Some(g.key.clone()) })
     }
 }
 
@@ -278,7 +301,11 @@ mod tests {
         for _ in 0..6 {
             let m = t.matches("s/x", |_| true);
             assert_eq!(m.len(), 2);
-            seen.extend(m.iter().filter(|m| m.group.as_deref() == Some("g")).map(|m| m.key));
+            seen.extend(
+                m.iter()
+                    .filter(|m| m.group.as_ref().is_some_and(|g| &*g.group == "g"))
+                    .map(|m| m.key),
+            );
         }
         for k in 1..=3 {
             assert_eq!(seen.iter().filter(|x| **x == k).count(), 2);
@@ -290,6 +317,24 @@ mod tests {
         }
         assert!(t.remove("s/+", Some("g"), &2));
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn pick_finds_another_eligible_member() {
+        let mut t = Trie::new();
+        for k in 1..=3 {
+            t.insert("s/#", Some("g"), e(k));
+        }
+        let key = SharedKey { group: "g".into(), filter: "s/#".into() };
+        for _ in 0..6 {
+            let m = t.pick(&key, |k| *k != 1).map(|m| m.key);
+            assert!(matches!(m, Some(2) | Some(3)));
+        }
+        assert!(t.pick(&key, |_| false).is_none());
+        let other = SharedKey { group: "h".into(), filter: "s/#".into() };
+        assert!(t.pick(&other, |_| true).is_none());
+        let missing = SharedKey { group: "g".into(), filter: "s/x".into() };
+        assert!(t.pick(&missing, |_| true).is_none());
     }
 
     proptest::proptest! {

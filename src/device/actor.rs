@@ -1,5 +1,7 @@
 //! The device actor: single writer of one session's durable state.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use super::{
 use crate::broker::{now_ms, Control, Delivery, LiveState, SessionSlot, StoredMessage};
 use crate::config::QueuePolicy;
 use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
-use crate::session::{SessionRecord, StoredInflight, StoredSubscription};
+use crate::session::{SessionRecord, Stage, StoredInflight, StoredSubscription};
 use crate::store::StoreError;
 use crate::telemetry::DropReason;
 
@@ -48,7 +50,8 @@ impl DeviceState {
         self.record.expiry_secs > 0
     }
 
-    fn save(&self) -> Result<(), StoreError> {
+    fn save(&mut self) -> Result<(), StoreError> {
+        self.record.next_seq = self.slot.next_seq.load(Ordering::Relaxed);
         self.ctx.store.put_session(&self.client, &self.record)
     }
 
@@ -101,6 +104,7 @@ impl DeviceState {
                 self.ctx.router.unsubscribe(&self.slot, &sub.filter);
             }
             self.ctx.store.queue_clear(&self.client)?;
+            self.ctx.store.inflight_clear(&self.client)?;
             self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
             self.queue_len = 0;
             self.record = SessionRecord { next_seq: self.record.next_seq, ..Default::default() };
@@ -112,20 +116,30 @@ impl DeviceState {
         self.record.will = req.will;
         self.record.disconnected_at_ms = None;
 
-        // In-flight first (stored ones, then those handed over), then the offline queue
-        // (skipping entries already in flight), then what the old connection had pending.
-        // Queue entries stay stored until the client acknowledges them (`Delivered`), so
-        // a crash while draining loses nothing.
+        // In-flight first (stored ones, then those handed over), then every stored
+        // message not in flight (offline queue and in-flight journal, by sequence), then
+        // what the old connection had pending that is not stored. Stored entries stay
+        // until the client acknowledges them (`Delivered`), so a crash loses nothing.
+        let mut stored = self.ctx.store.queue(&self.client)?;
+        stored.extend(self.ctx.store.inflight(&self.client)?);
+        stored.sort_unstable_by_key(|(seq, _)| *seq);
+        let stored_seqs: HashSet<u64> = stored.iter().map(|(seq, _)| *seq).collect();
         let mut inflight: Vec<_> = std::mem::take(&mut self.record.inflight)
             .into_iter()
             .map(|i| i.into_inflight())
+            // A journaled message no longer stored was acknowledged after this record
+            // was written (the node stopped without a detach).
+            .filter(|i| {
+                i.stage == Stage::Released
+                    || i.delivery.seq.is_none_or(|seq| stored_seqs.contains(&seq))
+            })
             .collect();
         inflight.extend(live.inflight);
         let mut awaiting_rel = std::mem::take(&mut self.record.awaiting_rel);
         awaiting_rel.extend(live.awaiting_rel);
-        let in_flight_seqs: Vec<u64> = inflight.iter().filter_map(|i| i.delivery.seq).collect();
+        let in_flight_seqs: HashSet<u64> = inflight.iter().filter_map(|i| i.delivery.seq).collect();
         let mut queued = Vec::new();
-        for (seq, m) in self.ctx.store.queue(&self.client)? {
+        for (seq, m) in stored {
             if in_flight_seqs.contains(&seq) {
                 continue;
             }
@@ -136,9 +150,10 @@ impl DeviceState {
                 retain,
                 sub_ids: Vec::new(),
                 seq: Some(seq),
+                shared: None,
             });
         }
-        queued.extend(live.pending);
+        queued.extend(live.pending.into_iter().filter(|d| d.seq.is_none()));
 
         {
             let mut route = self.slot.route_mut();
@@ -179,6 +194,7 @@ impl DeviceState {
         if !will {
             self.record.will = None;
         }
+        self.hand_over_shared(&mut live);
         if !self.persistent() {
             self.publish_will();
             self.end_session();
@@ -221,6 +237,50 @@ impl DeviceState {
         Ok(())
     }
 
+    /// Messages this session got through a shared subscription and has not acknowledged go
+    /// to another connected member of the group (MQTT 5 4.8.2). Those no other member can
+    /// take stay with the session. A QoS 2 message the client already received (PUBREL
+    /// stage) stays: moving it would deliver it twice.
+    fn hand_over_shared(&mut self, live: &mut LiveState) {
+        let router = &self.ctx.router;
+        let mut moved = Vec::new();
+        let mut keep = |d: &Delivery| {
+            if d.shared.is_none() {
+                return true;
+            }
+            match router.redispatch(d.clone(), &self.slot) {
+                Ok(()) => {
+                    moved.extend(d.seq);
+                    false
+                }
+                Err(_) => true,
+            }
+        };
+        live.inflight.retain(|i| i.stage == Stage::Released || keep(&i.delivery));
+        live.pending.retain(&mut keep);
+        self.remove_queued(moved);
+    }
+
+    /// Deletes acknowledged (or handed-over) messages from the offline queue or the
+    /// in-flight journal (one sequence numbers both).
+    fn remove_queued(&mut self, seqs: Vec<u64>) {
+        let store = &self.ctx.store;
+        for seq in seqs {
+            let res = match store.queue_remove(&self.client, seq) {
+                Ok(true) => {
+                    self.queue_len = self.queue_len.saturating_sub(1);
+                    self.ctx.metrics.offline_queue_depth.dec();
+                    Ok(true)
+                }
+                Ok(false) => store.inflight_remove(&self.client, seq),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::error!(message = "stored message remove failed", error = %e);
+            }
+        }
+    }
+
     /// Appends to the offline queue, applying the queue limit. Returns false if dropped.
     fn enqueue(&mut self, d: Delivery) -> bool {
         let m = &self.ctx.metrics;
@@ -245,13 +305,12 @@ impl DeviceState {
                 },
             }
         }
-        let seq = self.record.next_seq;
+        let seq = self.slot.next_seq.fetch_add(1, Ordering::Relaxed);
         let mut stored = StoredMessage::from(&*d.msg);
         stored.qos = d.qos;
         stored.retain = d.retain;
         match self.ctx.store.queue_push(&self.client, seq, &stored) {
             Ok(()) => {
-                self.record.next_seq += 1;
                 self.queue_len += 1;
                 m.offline_queue_depth.inc();
                 true
@@ -350,12 +409,17 @@ impl Actor for DeviceActor {
         let record = args.ctx.store.get_session(&args.client)?;
         let exists = record.is_some();
         let record = record.unwrap_or_default();
-        let (next_seq, queue_len) = match args.ctx.store.queue_bounds(&args.client)? {
+        let (mut next_seq, queue_len) = match args.ctx.store.queue_bounds(&args.client)? {
             Some((_, last, len)) => (record.next_seq.max(last + 1), len),
             None => (record.next_seq, 0),
         };
+        if let Some(last) = args.ctx.store.inflight_last(&args.client)? {
+            next_seq = next_seq.max(last + 1);
+        }
+        // A restarted actor may find the slot already further on.
+        args.slot.next_seq.fetch_max(next_seq, Ordering::Relaxed);
         let mut record = record;
-        record.next_seq = next_seq;
+        record.next_seq = args.slot.next_seq.load(Ordering::Relaxed);
         // After a restart (panic) the connection may still be attached.
         let conn_id = {
             let mut route = args.slot.route_mut();
@@ -439,18 +503,26 @@ impl Actor for DeviceActor {
                     // Attached meanwhile: hand it to the connection. Known window: a
                     // message routed directly to the connection after the slot went
                     // online can overtake this one (reordering across the reconnect).
+                    let (d, journaled) = state.ctx.router.journal(&state.slot, d);
+                    let answer = |ack: oneshot::Sender<_>| match journaled {
+                        true => state.ctx.store.durable_to(ack),
+                        false => drop(ack.send(Ok(()))),
+                    };
                     match conn.tx.try_send(d) {
                         Ok(()) => {
-                            let _ = ack.send(Ok(()));
+                            answer(ack);
                             return Ok(());
                         }
                         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                             state.ctx.metrics.dropped(DropReason::QueueFull);
-                            let _ = ack.send(Ok(()));
+                            answer(ack);
                             return Ok(());
                         }
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => {
-                            state.enqueue(d);
+                            // A journaled message waits in the journal for the next attach.
+                            if d.seq.is_none() {
+                                state.enqueue(d);
+                            }
                         }
                     }
                 } else if state.persistent() {
@@ -461,18 +533,7 @@ impl Actor for DeviceActor {
                     state.schedule_idle(&myself);
                 }
             }
-            DeviceMsg::Delivered(seqs) => {
-                for seq in seqs {
-                    match state.ctx.store.queue_remove(&state.client, seq) {
-                        Ok(true) => {
-                            state.queue_len = state.queue_len.saturating_sub(1);
-                            state.ctx.metrics.offline_queue_depth.dec();
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::error!(message = "queue remove failed", error = %e),
-                    }
-                }
-            }
+            DeviceMsg::Delivered(seqs) => state.remove_queued(seqs),
             DeviceMsg::FireWill => {
                 let due =
                     state.record.will.as_ref().and_then(|w| w.at_ms).is_some_and(|t| t <= now_ms());

@@ -63,7 +63,8 @@ impl Node {
         std::fs::create_dir_all(&cfg.node.data_dir)
             .map_err(|e| StoreError::Sled(format!("{}: {e}", cfg.node.data_dir.display())))?;
         let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
-        let router = Arc::new(Router::new(store.clone(), metrics.clone())?);
+        let router =
+            Arc::new(Router::new(store.clone(), metrics.clone(), cfg.mqtt.durable_inflight)?);
         let devices = Arc::new(Devices::new());
         let dctx = DeviceCtx {
             router: router.clone(),

@@ -217,6 +217,7 @@ mod tests {
             retain: false,
             sub_ids: vec![],
             seq: None,
+            shared: None,
         }
     }
 

@@ -55,6 +55,7 @@ impl StoredInflight {
                 retain: self.retain,
                 sub_ids: self.sub_ids,
                 seq: self.seq,
+                shared: None,
             },
         }
     }

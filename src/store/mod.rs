@@ -1,5 +1,5 @@
-//! Durable storage on sled: persistent session records, offline queues and retained
-//! messages, plus the group-commit flusher.
+//! Durable storage on sled: persistent session records, offline queues, in-flight journals
+//! and retained messages, plus the group-commit flusher.
 //!
 //! Owns: the keyspace (one sled tree per kind), the versioned postcard encoding of every
 //! stored value (a leading format-version byte), and [`Store::durable`], which resolves once
@@ -56,6 +56,9 @@ pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
     queues: sled::Tree,
+    /// QoS 1/2 messages handed to a connected persistent session and not yet acknowledged
+    /// by the client, keyed like `queues` and numbered from the same sequence.
+    inflight: sled::Tree,
     retained: sled::Tree,
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
     /// Reports closed once the flusher has exited and released the database.
@@ -86,9 +89,10 @@ impl Store {
         let db = sled::Config::new().path(dir).open()?;
         let sessions = db.open_tree("sessions")?;
         let queues = db.open_tree("queues")?;
+        let inflight = db.open_tree("inflight")?;
         let retained = db.open_tree("retained")?;
         let (flush, closed) = flusher::spawn(db.clone(), metrics);
-        Ok(Store { db, sessions, queues, retained, flush, closed })
+        Ok(Store { db, sessions, queues, inflight, retained, flush, closed })
     }
 
     /// Resolves once every write issued before this call is flushed to disk.
@@ -134,10 +138,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a session record and its whole offline queue.
+    /// Deletes a session record, its whole offline queue and its in-flight journal.
     pub fn delete_session(&self, client: &str) -> Result<(), StoreError> {
         self.sessions.remove(client.as_bytes())?;
         self.queue_clear(client)?;
+        self.inflight_clear(client)?;
         Ok(())
     }
 
@@ -153,29 +158,70 @@ impl Store {
 
     /// Queued messages of `client` in order, with their sequence numbers.
     pub fn queue(&self, client: &str) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
-        let prefix = queue_prefix(client);
-        let mut out = Vec::new();
-        for kv in self.queues.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let seq = k
-                .get(prefix.len()..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Codec("bad queue key".into()))?;
-            out.push((seq, decode(&v)?));
-        }
-        Ok(out)
+        list(&self.queues, client)
     }
 
+    /// Records a message handed to `client`'s connection until the client acknowledges it.
+    pub fn inflight_push(
+        &self,
+        client: &str,
+        seq: u64,
+        msg: &StoredMessage,
+    ) -> Result<(), StoreError> {
+        self.inflight.insert(queue_key(client, seq), encode(msg)?)?;
+        Ok(())
+    }
+
+    /// Journaled in-flight messages of `client` in order, with their sequence numbers.
+    pub fn inflight(&self, client: &str) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
+        list(&self.inflight, client)
+    }
+
+    /// Removes one journaled in-flight message; false if it was not there.
+    pub fn inflight_remove(&self, client: &str, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.inflight.remove(queue_key(client, seq))?.is_some())
+    }
+
+    /// Removes `client`'s whole in-flight journal.
+    pub fn inflight_clear(&self, client: &str) -> Result<(), StoreError> {
+        for k in self.inflight.scan_prefix(queue_prefix(client)).keys() {
+            self.inflight.remove(k?)?;
+        }
+        Ok(())
+    }
+
+    /// Highest sequence number in `client`'s in-flight journal.
+    pub fn inflight_last(&self, client: &str) -> Result<Option<u64>, StoreError> {
+        let prefix = queue_prefix(client);
+        match self.inflight.scan_prefix(&prefix).keys().next_back().transpose()? {
+            Some(k) => seq_of(&prefix, &k).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn seq_of(prefix: &[u8], k: &[u8]) -> Result<u64, StoreError> {
+    k.get(prefix.len()..)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Codec("bad queue key".into()))
+}
+
+fn list(tree: &sled::Tree, client: &str) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
+    let prefix = queue_prefix(client);
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix(&prefix) {
+        let (k, v) = kv?;
+        out.push((seq_of(&prefix, &k)?, decode(&v)?));
+    }
+    Ok(out)
+}
+
+impl Store {
     /// (first sequence, last sequence, length) of `client`'s queue.
     pub fn queue_bounds(&self, client: &str) -> Result<Option<(u64, u64, usize)>, StoreError> {
         let prefix = queue_prefix(client);
-        let seq_of = |k: &[u8]| {
-            k.get(prefix.len()..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Codec("bad queue key".into()))
-        };
+        let seq_of = |k: &[u8]| seq_of(&prefix, k);
         let mut it = self.queues.scan_prefix(&prefix).keys();
         let Some(first) = it.next().transpose()? else {
             return Ok(None);

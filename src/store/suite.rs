@@ -84,3 +84,26 @@ async fn many_waiters_share_flushes() {
     let flushes = metrics.flush_seconds.get_sample_count();
     assert!(flushes < 200, "{flushes} flushes for 200 waiters");
 }
+
+#[tokio::test]
+async fn inflight_journal_is_separate_from_the_queue_and_goes_with_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+    s.queue_push("c", 1, &msg("t", "queued")).unwrap();
+    s.inflight_push("c", 2, &msg("t", "sent")).unwrap();
+    s.inflight_push("c", 5, &msg("t", "sent2")).unwrap();
+    s.inflight_push("cd", 9, &msg("t", "other")).unwrap();
+    assert_eq!(s.queue("c").unwrap().len(), 1);
+    let seqs: Vec<u64> = s.inflight("c").unwrap().into_iter().map(|(q, _)| q).collect();
+    assert_eq!(seqs, [2, 5]);
+    assert_eq!(s.inflight_last("c").unwrap(), Some(5));
+    assert!(s.inflight_remove("c", 2).unwrap());
+    assert!(!s.inflight_remove("c", 2).unwrap());
+    assert!(!s.queue_remove("c", 5).unwrap(), "queue and journal are apart");
+    s.put_session("c", &SessionRecord::default()).unwrap();
+    s.delete_session("c").unwrap();
+    assert!(s.inflight("c").unwrap().is_empty());
+    assert!(s.queue("c").unwrap().is_empty());
+    assert_eq!(s.inflight_last("c").unwrap(), None);
+    assert_eq!(s.inflight("cd").unwrap().len(), 1);
+}

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     /// Device actors restarted after a panic or error.
     pub actor_restarts: IntCounter,
+    /// Unacknowledged shared-subscription messages handed to another group member.
+    pub shared_redispatched: IntCounter,
+    /// Storage writes that failed where the message still went on (journal writes).
+    pub storage_errors: IntCounter,
 }
 
 impl Metrics {
@@ -203,6 +207,14 @@ impl Metrics {
             actor_restarts: counter(
                 "homeport_device_actor_restarts_total",
                 "Device actors restarted after a failure",
+            ),
+            storage_errors: counter(
+                "homeport_storage_errors_total",
+                "Storage writes that failed without dropping the message",
+            ),
+            shared_redispatched: counter(
+                "homeport_shared_redispatched_total",
+                "Unacknowledged shared-subscription messages handed to another member",
             ),
             registry,
         };

@@ -2,6 +2,8 @@
 //! the OS, and small client helpers.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

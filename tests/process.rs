@@ -1,0 +1,177 @@
+//! The `homeport` binary as a separate process: `kill -9` in the middle of deliveries loses
+//! no acknowledged message (offline queues and the in-flight journal), and SIGTERM
+//! disconnects clients with 0x8B, flushes and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::raw::*;
+use common::*;
+use homeport::mqtt::{Packet, Properties, Protocol, QoS as HQoS, ReasonCode};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
+
+/// A running `homeport serve` on ports chosen by the OS.
+struct Proc {
+    child: Child,
+    mqtt: SocketAddr,
+}
+
+impl Proc {
+    fn spawn(dir: &Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_homeport"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--mqtt-bind", "127.0.0.1:0", "--ws-bind", "127.0.0.1:0"])
+            .args(["--admin-bind", "127.0.0.1:0", "--log-format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let out = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(out).lines();
+        let mqtt = loop {
+            let line = lines.next().expect("node logs its start").expect("log line");
+            if !line.contains("node started") {
+                continue;
+            }
+            // json log: "mqtt":"Some(127.0.0.1:PORT)"
+            let at = line.find("\"mqtt\":\"Some(").expect("mqtt address logged") + 13;
+            let end = line[at..].find(')').expect("address ends") + at;
+            break line[at..end].parse().expect("socket address");
+        };
+        // Keep draining the log so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, mqtt }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "signal delivered");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(id: &str, a: SocketAddr, clean: bool) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(id, a.ip().to_string(), a.port());
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_manual_acks(true);
+    AsyncClient::new(o, 100)
+}
+
+async fn connack(ev: &mut rumqttc::EventLoop) -> bool {
+    until(ev, |e| match e {
+        Event::Incoming(RPacket::ConnAck(a)) => Some(a.session_present),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Proc::spawn(dir.path());
+
+    // `online` stays connected and never acknowledges; `offline` leaves after subscribing.
+    let (online, mut on_ev) = client("journal-online", node.mqtt, false);
+    connack(&mut on_ev).await;
+    online.subscribe("j/#", QoS::AtLeastOnce).await.unwrap();
+    until(&mut on_ev, |e| matches!(e, Event::Incoming(RPacket::SubAck(_))).then_some(())).await;
+    let (offline, mut off_ev) = client("journal-offline", node.mqtt, false);
+    connack(&mut off_ev).await;
+    offline.subscribe("j/#", QoS::AtLeastOnce).await.unwrap();
+    until(&mut off_ev, |e| matches!(e, Event::Incoming(RPacket::SubAck(_))).then_some(())).await;
+    offline.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(WAIT, async { while off_ev.poll().await.is_ok() {} }).await;
+
+    let (publ, mut pub_ev) = client("journal-pub", node.mqtt, true);
+    connack(&mut pub_ev).await;
+    const N: usize = 20;
+    for i in 0..N {
+        publ.publish("j/x", QoS::AtLeastOnce, false, format!("m{i}")).await.unwrap();
+    }
+    let mut acked = 0;
+    until(&mut pub_ev, |e| {
+        if let Event::Incoming(RPacket::PubAck(_)) = e {
+            acked += 1;
+        }
+        (acked == N).then_some(())
+    })
+    .await;
+    // The connected subscriber has at least started receiving (unacknowledged).
+    until(&mut on_ev, |e| matches!(e, Event::Incoming(RPacket::Publish(_))).then_some(())).await;
+
+    let mut node = node;
+    node.child.kill().expect("SIGKILL");
+    node.child.wait().unwrap();
+    drop((online, on_ev, publ, pub_ev));
+    let node = Proc::spawn(dir.path());
+
+    for id in ["journal-online", "journal-offline"] {
+        let (c, mut ev) = client(id, node.mqtt, false);
+        assert!(connack(&mut ev).await, "{id}: session present after kill -9");
+        let mut seen = std::collections::BTreeSet::new();
+        until(&mut ev, |e| {
+            if let Event::Incoming(RPacket::Publish(p)) = e {
+                seen.insert(String::from_utf8_lossy(&p.payload).to_string());
+                let _ = c.try_ack(p);
+            }
+            (seen.len() == N).then_some(())
+        })
+        .await;
+        let want: std::collections::BTreeSet<_> = (0..N).map(|i| format!("m{i}")).collect();
+        assert_eq!(seen, want, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_with_0x8b_flushes_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Proc::spawn(dir.path());
+    let mut publ = Raw::open_addr(node.mqtt).await;
+    publ.connect("term-pub", Protocol::V5, Properties::default()).await;
+    let retained = match publish("term/r", HQoS::AtLeastOnce, 1, "kept") {
+        Packet::Publish(mut p) => {
+            p.retain = true;
+            Packet::Publish(p)
+        }
+        _ => unreachable!(),
+    };
+    publ.send(&retained).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+
+    node.signal("-TERM");
+    assert_eq!(publ.closed_with().await, Some(ReasonCode::ServerShuttingDown));
+    let status = tokio::task::spawn_blocking(move || {
+        let s = node.child.wait();
+        (s, node)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let node = Proc::spawn(dir.path());
+    let mut sub = Raw::open_addr(node.mqtt).await;
+    sub.connect("term-sub", Protocol::V5, Properties::default()).await;
+    sub.send(&subscribe(1, &[("term/#", HQoS::AtLeastOnce)], None)).await;
+    let p = sub.next_publish(true).await;
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"kept");
+}
