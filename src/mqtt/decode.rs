@@ -136,8 +136,25 @@ fn props(r: &mut Reader, v: Protocol, c: Carrier, l: &Limits) -> Result<Properti
     }
 }
 
-fn reason(b: u8) -> Result<ReasonCode, DecodeError> {
-    ReasonCode::from_u8(b).ok_or(DecodeError::Malformed("unknown reason code"))
+/// A reason code byte in a packet of type `kind`: unknown codes and codes that packet type
+/// may not carry are malformed.
+fn reason(b: u8, kind: u8) -> Result<ReasonCode, DecodeError> {
+    match ReasonCode::from_u8(b) {
+        Some(c) if c.allowed_in(kind) => Ok(c),
+        Some(_) => Err(DecodeError::Malformed("reason code not allowed in this packet")),
+        None => Err(DecodeError::Malformed("unknown reason code")),
+    }
+}
+
+/// A 3.1.1 SUBACK return code: 0x00-0x02 or 0x80 only.
+fn v3_suback_code(b: u8) -> Result<ReasonCode, DecodeError> {
+    match b {
+        0x00 => Ok(ReasonCode::Success),
+        0x01 => Ok(ReasonCode::GrantedQos1),
+        0x02 => Ok(ReasonCode::GrantedQos2),
+        0x80 => Ok(ReasonCode::UnspecifiedError),
+        _ => Err(DecodeError::Malformed("reserved SUBACK return code")),
+    }
 }
 
 fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Packet, DecodeError> {
@@ -155,7 +172,7 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
             }
             let code = r.u8()?;
             let reason = if v.is_v5() {
-                reason(code)?
+                reason(code, kind)?
             } else {
                 match code {
                     0 => ReasonCode::Success,
@@ -173,19 +190,19 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
         3 => Packet::Publish(publish(first, r, v, l)?),
         4 => {
             expect_flags(first, 0)?;
-            Packet::PubAck(pub_resp(r, v, l)?)
+            Packet::PubAck(pub_resp(r, v, kind, l)?)
         }
         5 => {
             expect_flags(first, 0)?;
-            Packet::PubRec(pub_resp(r, v, l)?)
+            Packet::PubRec(pub_resp(r, v, kind, l)?)
         }
         6 => {
             expect_flags(first, 2)?;
-            Packet::PubRel(pub_resp(r, v, l)?)
+            Packet::PubRel(pub_resp(r, v, kind, l)?)
         }
         7 => {
             expect_flags(first, 0)?;
-            Packet::PubComp(pub_resp(r, v, l)?)
+            Packet::PubComp(pub_resp(r, v, kind, l)?)
         }
         8 => {
             expect_flags(first, 2)?;
@@ -206,7 +223,11 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
             expect_flags(first, 0)?;
             let pkid = pkid(r)?;
             let properties = props(r, v, Carrier::SubAck, l)?;
-            let reasons = r.rest().iter().map(|b| reason(*b)).collect::<Result<Vec<_>, _>>()?;
+            let reasons = r
+                .rest()
+                .iter()
+                .map(|b| if v.is_v5() { reason(*b, kind) } else { v3_suback_code(*b) })
+                .collect::<Result<Vec<_>, _>>()?;
             Packet::SubAck(SubAck { pkid, reasons, properties })
         }
         10 => {
@@ -227,7 +248,7 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
             let pkid = pkid(r)?;
             let properties = props(r, v, Carrier::UnsubAck, l)?;
             let reasons = if v.is_v5() {
-                r.rest().iter().map(|b| reason(*b)).collect::<Result<Vec<_>, _>>()?
+                r.rest().iter().map(|b| reason(*b, kind)).collect::<Result<Vec<_>, _>>()?
             } else {
                 Vec::new()
             };
@@ -243,12 +264,12 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
         }
         14 => {
             expect_flags(first, 0)?;
-            let (reason, properties) = reason_and_props(r, v, Carrier::Disconnect, l)?;
+            let (reason, properties) = reason_and_props(r, v, kind, Carrier::Disconnect, l)?;
             Packet::Disconnect(Disconnect { reason, properties })
         }
         15 if v.is_v5() => {
             expect_flags(first, 0)?;
-            let (reason, properties) = reason_and_props(r, v, Carrier::Auth, l)?;
+            let (reason, properties) = reason_and_props(r, v, kind, Carrier::Auth, l)?;
             Packet::Auth(Auth { reason, properties })
         }
         _ => return Err(DecodeError::Malformed("reserved packet type")),
@@ -258,20 +279,21 @@ fn decode_body(first: u8, r: &mut Reader, v: Protocol, l: &Limits) -> Result<Pac
 fn reason_and_props(
     r: &mut Reader,
     v: Protocol,
+    kind: u8,
     c: Carrier,
     l: &Limits,
 ) -> Result<(ReasonCode, Properties), DecodeError> {
     if !v.is_v5() || r.is_empty() {
         return Ok((ReasonCode::Success, Properties::default()));
     }
-    let code = reason(r.u8()?)?;
+    let code = reason(r.u8()?, kind)?;
     let p = if r.is_empty() { Properties::default() } else { props(r, v, c, l)? };
     Ok((code, p))
 }
 
-fn pub_resp(r: &mut Reader, v: Protocol, l: &Limits) -> Result<PubResp, DecodeError> {
+fn pub_resp(r: &mut Reader, v: Protocol, kind: u8, l: &Limits) -> Result<PubResp, DecodeError> {
     let pkid = pkid(r)?;
-    let (reason, properties) = reason_and_props(r, v, Carrier::PubResp, l)?;
+    let (reason, properties) = reason_and_props(r, v, kind, Carrier::PubResp, l)?;
     Ok(PubResp { pkid, reason, properties })
 }
 

@@ -51,7 +51,58 @@ pub enum ReasonCode {
     WildcardSubscriptionsNotSupported = 0xA2,
 }
 
+// Packet types (fixed-header high nibble) as bits, for the table of where each reason code
+// may appear (MQTT 5 section 2.4, table 2-6).
+const CONNACK: u16 = 1 << 2;
+const PUBACK: u16 = 1 << 4;
+const PUBREC: u16 = 1 << 5;
+const PUBREL: u16 = 1 << 6;
+const PUBCOMP: u16 = 1 << 7;
+const SUBACK: u16 = 1 << 9;
+const UNSUBACK: u16 = 1 << 11;
+const DISCONNECT: u16 = 1 << 14;
+const AUTH: u16 = 1 << 15;
+/// Error codes CONNACK, PUBACK, PUBREC, SUBACK, UNSUBACK and DISCONNECT share.
+const GENERAL: u16 = CONNACK | PUBACK | PUBREC | SUBACK | UNSUBACK | DISCONNECT;
+
 impl ReasonCode {
+    /// Whether this code may appear in a packet of type `packet_type` (the fixed-header
+    /// high nibble), per MQTT 5 table 2-6. Anything else is a malformed packet.
+    pub fn allowed_in(self, packet_type: u8) -> bool {
+        use ReasonCode::*;
+        let set: u16 = match self {
+            Success => {
+                CONNACK | PUBACK | PUBREC | PUBREL | PUBCOMP | SUBACK | UNSUBACK | DISCONNECT | AUTH
+            }
+            GrantedQos1 | GrantedQos2 => SUBACK,
+            DisconnectWithWill | ServerShuttingDown | KeepAliveTimeout | SessionTakenOver => {
+                DISCONNECT
+            }
+            ReceiveMaximumExceeded | TopicAliasInvalid | MessageRateTooHigh => DISCONNECT,
+            AdministrativeAction | MaximumConnectTime => DISCONNECT,
+            NoMatchingSubscribers => PUBACK | PUBREC,
+            NoSubscriptionExisted => UNSUBACK,
+            ContinueAuthentication | ReAuthenticate => AUTH,
+            UnspecifiedError | ImplementationSpecificError | NotAuthorized => GENERAL,
+            MalformedPacket | ProtocolError | PacketTooLarge | ServerBusy => CONNACK | DISCONNECT,
+            BadAuthenticationMethod | RetainNotSupported | QosNotSupported => CONNACK | DISCONNECT,
+            UseAnotherServer | ServerMoved | ConnectionRateExceeded => CONNACK | DISCONNECT,
+            UnsupportedProtocolVersion | ClientIdentifierNotValid | BadUserNameOrPassword => {
+                CONNACK
+            }
+            ServerUnavailable | Banned => CONNACK,
+            TopicFilterInvalid => SUBACK | UNSUBACK | DISCONNECT,
+            TopicNameInvalid | PayloadFormatInvalid => CONNACK | PUBACK | PUBREC | DISCONNECT,
+            PacketIdentifierInUse => PUBACK | PUBREC | SUBACK | UNSUBACK,
+            PacketIdentifierNotFound => PUBREL | PUBCOMP,
+            QuotaExceeded => CONNACK | PUBACK | PUBREC | SUBACK | DISCONNECT,
+            SharedSubscriptionsNotSupported
+            | SubscriptionIdentifiersNotSupported
+            | WildcardSubscriptionsNotSupported => SUBACK | DISCONNECT,
+        };
+        packet_type < 16 && set & (1 << packet_type) != 0
+    }
+
     /// Parses a reason code byte; unknown values are `None` (a malformed packet).
     pub fn from_u8(b: u8) -> Option<Self> {
         use ReasonCode::*;

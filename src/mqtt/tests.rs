@@ -115,14 +115,11 @@ fn sub_options(v: Protocol) -> impl Strategy<Value = SubOptions> {
     })
 }
 
-fn reason_ok() -> impl Strategy<Value = ReasonCode> {
-    prop_oneof![
-        Just(ReasonCode::Success),
-        Just(ReasonCode::NoMatchingSubscribers),
-        Just(ReasonCode::UnspecifiedError),
-        Just(ReasonCode::NotAuthorized),
-        Just(ReasonCode::QuotaExceeded),
-    ]
+/// Any reason code a packet of type `kind` may carry.
+fn reason_for(kind: u8) -> impl Strategy<Value = ReasonCode> {
+    (0u8..=0xA2).prop_filter_map("reason code allowed in this packet", move |b| {
+        ReasonCode::from_u8(b).filter(|c| c.allowed_in(kind))
+    })
 }
 
 fn packet() -> impl Strategy<Value = (Protocol, Packet)> {
@@ -176,19 +173,21 @@ fn packet() -> impl Strategy<Value = (Protocol, Packet)> {
                         payload,
                     })
                 });
-        let resp = (0u8..4, 1u16.., reason_ok(), resp_props()).prop_map(move |(k, id, r, p)| {
-            let resp = PubResp {
-                pkid: id,
-                reason: if v.is_v5() { r } else { ReasonCode::Success },
-                properties: strip(p, v),
-            };
-            match k {
-                0 => Packet::PubAck(resp),
-                1 => Packet::PubRec(resp),
-                2 => Packet::PubRel(resp),
-                _ => Packet::PubComp(resp),
-            }
-        });
+        let resp = (0u8..4)
+            .prop_flat_map(|k| (Just(k), 1u16.., reason_for(4 + k), resp_props()))
+            .prop_map(move |(k, id, r, p)| {
+                let resp = PubResp {
+                    pkid: id,
+                    reason: if v.is_v5() { r } else { ReasonCode::Success },
+                    properties: strip(p, v),
+                };
+                match k {
+                    0 => Packet::PubAck(resp),
+                    1 => Packet::PubRec(resp),
+                    2 => Packet::PubRel(resp),
+                    _ => Packet::PubComp(resp),
+                }
+            });
         let subscribe = (
             1u16..,
             proptest::collection::vec((topic(), sub_options(v)), 1..4),
@@ -207,15 +206,16 @@ fn packet() -> impl Strategy<Value = (Protocol, Packet)> {
                     ),
                 })
             });
-        let suback = (1u16.., proptest::collection::vec(0u8..3, 1..4), resp_props()).prop_map(
-            move |(id, codes, p)| {
+        let suback = (1u16.., proptest::collection::vec(reason_for(9), 1..4), resp_props())
+            .prop_map(move |(id, codes, p)| {
+                let v3 =
+                    |c: ReasonCode| if c.is_error() { ReasonCode::UnspecifiedError } else { c };
                 Packet::SubAck(SubAck {
                     pkid: id,
-                    reasons: codes.into_iter().filter_map(ReasonCode::from_u8).collect(),
+                    reasons: codes.into_iter().map(|c| if v.is_v5() { c } else { v3(c) }).collect(),
                     properties: strip(p, v),
                 })
-            },
-        );
+            });
         let unsubscribe =
             (1u16.., proptest::collection::vec(topic(), 1..4)).prop_map(move |(id, filters)| {
                 Packet::Unsubscribe(Unsubscribe {
@@ -224,7 +224,7 @@ fn packet() -> impl Strategy<Value = (Protocol, Packet)> {
                     properties: Properties::default(),
                 })
             });
-        let unsuback = (1u16.., proptest::collection::vec(reason_ok(), 1..3)).prop_map(
+        let unsuback = (1u16.., proptest::collection::vec(reason_for(11), 1..3)).prop_map(
             move |(id, reasons)| {
                 Packet::UnsubAck(UnsubAck {
                     pkid: id,
@@ -242,7 +242,7 @@ fn packet() -> impl Strategy<Value = (Protocol, Packet)> {
                 properties: strip(p, v),
             })
         });
-        let disconnect = (reason_ok(), resp_props()).prop_map(move |(r, p)| {
+        let disconnect = (reason_for(14), resp_props()).prop_map(move |(r, p)| {
             Packet::Disconnect(Disconnect {
                 reason: if v.is_v5() { r } else { ReasonCode::Success },
                 properties: strip(p, v),
@@ -335,6 +335,17 @@ fn bad_fixed_headers() {
     );
     // Non-minimal remaining length.
     assert!(err(&[0xC0, 0x80, 0x00], Protocol::V5).reason() == ReasonCode::MalformedPacket);
+    // Found by the fuzzer: a 3.1.1 SUBACK return code other than 0x00-0x02 and 0x80.
+    assert!(
+        err(&[0x90, 0x04, 0x00, 0x9B, 0x93, 0x00], Protocol::V311).reason()
+            == ReasonCode::MalformedPacket
+    );
+    // A reason code the packet type may not carry: PUBACK 0x8B, DISCONNECT 0x10.
+    assert!(matches!(
+        err(&[0x40, 0x03, 0x00, 0x01, 0x8B], Protocol::V5),
+        DecodeError::Malformed(_)
+    ));
+    assert!(matches!(err(&[0xE0, 0x01, 0x10], Protocol::V5), DecodeError::Malformed(_)));
 }
 
 #[test]
