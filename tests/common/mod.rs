@@ -84,6 +84,19 @@ pub async fn metric(node: &Node, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls a metric until it reaches `min` (metrics of a closing connection are updated
+/// asynchronously); returns the last value seen.
+pub async fn metric_reaches(node: &Node, name_and_labels: &str, min: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = metric(node, name_and_labels).await;
+        if v >= min || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Minimal HTTP/1.1 GET over a raw socket: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -28,8 +28,9 @@ pub enum Refused {
     Io,
     /// The deadline passed before CONNECT arrived.
     Timeout,
-    /// Bad bytes: counted and the socket closed (with CONNACK where the spec asks).
-    Decode(DecodeError),
+    /// Bad bytes: counted and the socket closed (with CONNACK where the spec asks or
+    /// allows). `v5`: the CONNECT declared protocol level 5.
+    Decode(DecodeError, bool),
     /// The first packet was not CONNECT.
     NotConnect,
 }
@@ -44,6 +45,7 @@ pub async fn read_connect<S: DeviceIo>(
     let deadline = Duration::from_secs(cfg.connect_timeout_secs);
     let read = async {
         loop {
+            let level = connect_level(buf);
             match mqtt::decode(
                 buf,
                 Protocol::V5,
@@ -58,7 +60,7 @@ pub async fn read_connect<S: DeviceIo>(
                     };
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Refused::Decode(e)),
+                Err(e) => return Err(Refused::Decode(e, level == Some(5))),
             }
             // Reject a first packet that is not CONNECT as soon as its type byte arrives.
             if buf.first().is_some_and(|b| b >> 4 != 1) {
@@ -220,10 +222,61 @@ pub async fn refuse<S: DeviceIo>(
     ctx.metrics.connects.with_label_values(&[reason.label()]).inc();
 }
 
-/// The v5 reason to answer a CONNECT-time decode error with, if any.
-pub fn connack_for_decode_error(e: &DecodeError) -> Option<ReasonCode> {
+/// The CONNACK to answer a CONNECT-time decode error with, if any. An unknown protocol
+/// level gets the 3.1.1 form (0x01), which every version understands; a v5 client gets its
+/// reason code (MQTT 5 4.13.1 allows it); a 3.1.1 client is only disconnected, as 3.1.1
+/// has no code for malformed packets.
+pub fn connack_for_decode_error(e: &DecodeError, v5: bool) -> Option<(Protocol, ReasonCode)> {
     match e {
-        DecodeError::UnsupportedProtocol => Some(ReasonCode::UnsupportedProtocolVersion),
+        DecodeError::UnsupportedProtocol => {
+            Some((Protocol::V311, ReasonCode::UnsupportedProtocolVersion))
+        }
+        _ if v5 => Some((Protocol::V5, e.reason())),
         _ => None,
+    }
+}
+
+/// The protocol level of a CONNECT at the front of `buf`, once its header has arrived.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // Skip the variable-byte remaining length (at most 4 bytes).
+    let len_bytes = buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = buf.get(1 + len_bytes..)?;
+    match rest.get(..7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', level] => Some(*level),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_level_reads_the_declared_version() {
+        let v5 = [0x10, 0x0E, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03];
+        assert_eq!(connect_level(&v5), Some(5));
+        let v4_long_len = [0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 4];
+        assert_eq!(connect_level(&v4_long_len), Some(4));
+        assert_eq!(connect_level(&v5[..8]), None, "level not yet arrived");
+        assert_eq!(connect_level(&[0x30, 0x00]), None, "not CONNECT");
+        assert_eq!(connect_level(&[0x10, 0x0E, 0, 6, b'M', b'Q', b'I', b's']), None);
+        assert_eq!(connect_level(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), None);
+    }
+
+    #[test]
+    fn decode_errors_get_a_connack_only_where_the_client_can_read_it() {
+        let e = DecodeError::Malformed("reserved flag");
+        assert_eq!(
+            connack_for_decode_error(&e, true),
+            Some((Protocol::V5, ReasonCode::MalformedPacket))
+        );
+        assert_eq!(connack_for_decode_error(&e, false), None);
+        assert_eq!(
+            connack_for_decode_error(&DecodeError::UnsupportedProtocol, false),
+            Some((Protocol::V311, ReasonCode::UnsupportedProtocolVersion))
+        );
     }
 }

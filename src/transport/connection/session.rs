@@ -79,13 +79,13 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
                 Refused::Io => "closed_before_connect",
                 Refused::Timeout => "connect_timeout",
                 Refused::NotConnect => "first_packet_not_connect",
-                Refused::Decode(e) => e.label(),
+                Refused::Decode(e, _) => e.label(),
             };
             ctx.metrics.protocol_errors.with_label_values(&[label]).inc();
             ctx.metrics.connects.with_label_values(&[label]).inc();
-            if let Refused::Decode(e) = &r {
-                if let Some(code) = handshake::connack_for_decode_error(e) {
-                    handshake::refuse(&mut io, mqtt::Protocol::V311, code, &ctx).await;
+            if let Refused::Decode(e, v5) = &r {
+                if let Some((v, code)) = handshake::connack_for_decode_error(e, *v5) {
+                    handshake::refuse(&mut io, v, code, &ctx).await;
                 }
             }
             tracing::debug!(message = "connection refused before CONNECT", peer = %peer.addr, reason = label);
