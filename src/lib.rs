@@ -8,6 +8,7 @@
 //! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
+//! - [`loadgen`]: the load generator behind `homeport bench`.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`config`]: the typed, validated configuration tree.
 //! - [`node`]: wires one node together; start and shutdown order.
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod device;
+pub mod loadgen;
 pub mod mqtt;
 pub mod node;
 pub mod session;

@@ -1,4 +1,6 @@
-//! The `homeport` binary: `serve`, `gen-config`, `check-config`.
+//! The `homeport` binary: `serve`, `gen-config`, `check-config`, `bench`.
+
+mod bench;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ enum Cmd {
     GenConfig,
     /// Validate a configuration file; names the bad field.
     CheckConfig { file: PathBuf },
+    /// Load generator (conn, pub, sub, pubsub) against any MQTT broker.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
         },
+        Cmd::Bench(args) => bench::main(args),
         Cmd::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
