@@ -11,7 +11,10 @@ if ! command -v mosquitto >/dev/null; then
   $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q mosquitto
 fi
 if ! command -v rumqttd >/dev/null && [ ! -x "$HOME/.cargo/bin/rumqttd" ]; then
-  cargo install rumqttd --locked || echo "rumqttd could not be installed; comparing without it" >&2
+  # rumqttd 0.20's lock file pins metrics 0.22.1, which newer rustc rejects: fall back to
+  # the newest compatible dependencies.
+  cargo install rumqttd --locked || cargo install rumqttd ||
+    echo "rumqttd could not be installed; comparing without it" >&2
 fi
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
 cargo build --release --bin homeport
