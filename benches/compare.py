@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOMEPORT = os.path.join(ROOT, "target", "release", "homeport")
 PORT = 18883
 SECS = int(os.environ.get("COMPARE_SECS", "10"))
+BACKLOG = int(os.environ.get("COMPARE_BACKLOG", "100000"))
+BACKLOG_TITLE = f"backlog {BACKLOG} QoS 1 drain (msg/s)"
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
@@ -173,10 +175,10 @@ def run_broker(name, work):
     b.start()
     sub = ["-c", "1", "-q", "1", "--id", "backlog-%i", "--session-expiry", "3600", "-t", "bl/0"]
     bench(["sub", "--subscribe-only"] + sub)
-    bench(["pub", "-c", "1", "-q", "1", "-n", "100000", "-t", "bl/0", "--id", "blpub-%i"])
-    r, cmd = bench(["sub", "--expect", "100000", "-d", "60"] + sub)
+    bench(["pub", "-c", "1", "-q", "1", "-n", str(BACKLOG), "-t", "bl/0", "--id", "blpub-%i"])
+    r, cmd = bench(["sub", "--expect", str(BACKLOG), "-d", "60"] + sub)
     b.stop()
-    rows["backlog 100k QoS 1 drain (msg/s)"] = ("backlog", r, cmd)
+    rows[BACKLOG_TITLE] = ("backlog", r, cmd)
     print(f"  {name}: backlog drained {r['received']} at {r['received_per_sec']:.0f}/s",
           file=sys.stderr)
     return rows
@@ -221,7 +223,7 @@ def main():
     for b in brokers:
         print(f"== {b}", file=sys.stderr)
         results[b] = run_broker(b, work)
-    titles = [t for t, _, _ in scenarios()] + ["10k idle connections", "backlog 100k QoS 1 drain (msg/s)"]
+    titles = [t for t, _, _ in scenarios()] + ["10k idle connections", BACKLOG_TITLE]
     peers = [b for b in brokers if b != "homeport"]
     lines = [BEGIN, "",
              f"Run {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
@@ -255,8 +257,9 @@ def main():
     for t, args, _ in scenarios():
         lines.append(f"- {t}: `{' '.join(args)}`")
     lines += ["- 10k idle connections: `conn -c 10000 --conn-rate 20000 -d 15` (RSS read 12 s in)",
-              "- backlog: `sub --subscribe-only ...`, `pub -c 1 -q 1 -n 100000 -t bl/0`, "
-              "`sub --expect 100000 -d 60 -c 1 -q 1 --id backlog-%i --session-expiry 3600 -t bl/0`",
+              f"- backlog: `sub --subscribe-only ...`, `pub -c 1 -q 1 -n {BACKLOG} -t bl/0`, "
+              f"`sub --expect {BACKLOG} -d 60 -c 1 -q 1 --id backlog-%i --session-expiry 3600 -t bl/0`",
+              f"- environment: COMPARE_SECS={SECS} COMPARE_BACKLOG={BACKLOG}",
               "", END]
     doc = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(doc).read()

@@ -3,7 +3,8 @@
 # one run: installs the peers if missing (mosquitto from Debian, rumqttd with cargo
 # install), builds homeport in release mode, runs benches/compare.py and rewrites the
 # side-by-side table in docs/benchmarks.md. Takes about 10-15 minutes. Not part of CI.
-#   COMPARE_SECS=10   seconds per throughput/latency scenario
+#   COMPARE_SECS=10         seconds per throughput/latency scenario
+#   COMPARE_BACKLOG=100000  messages queued for the offline-subscriber scenario
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mosquitto >/dev/null; then

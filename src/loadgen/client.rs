@@ -290,6 +290,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         stats.subscribed.fetch_add(1, Ordering::Relaxed);
+        // Acknowledgements of messages that came before the SUBACK (a stored backlog).
+        c.report_received();
+        c.flush().await?;
         if opts.subscribe_only {
             c.queue(&Packet::Disconnect(Disconnect {
                 reason: ReasonCode::Success,

@@ -162,7 +162,9 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
     opts.validate()?;
     let opts = Arc::new(opts);
     let stats = Arc::new(Stats::default());
+    // Publishers stop first; subscribers get to drain what is in flight before they stop.
     let (stop_tx, stop) = watch::channel(false);
+    let (pub_stop_tx, pub_stop) = watch::channel(false);
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
 
@@ -208,7 +210,7 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
             subscribe: None,
         }
     });
-    spawn_paced(&mut pubs, roles, &opts, &stats, &stop).await;
+    spawn_paced(&mut pubs, roles, &opts, &stats, &pub_stop).await;
 
     // The end: the deadline, or publishers done and subscribers drained (or the expected
     // count reached).
@@ -219,7 +221,11 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
+        // Finished tasks stay in a JoinSet until joined.
         while let Some(r) = pubs.try_join_next() {
+            log_end(r);
+        }
+        while let Some(r) = subs.try_join_next() {
             log_end(r);
         }
         let received = stats.received.load(Ordering::Relaxed);
@@ -241,16 +247,27 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
             break;
         }
     }
-    let _ = stop_tx.send(true);
+    let _ = pub_stop_tx.send(true);
     let drain = async {
         while let Some(r) = pubs.join_next().await {
             log_end(r);
         }
+        // Subscribers take what is still on its way until nothing arrives for a second.
+        let mut last = stats.received.load(Ordering::Relaxed);
+        while n_subs > 0 && !subs.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = stats.received.load(Ordering::Relaxed);
+            if now == last || (opts.expect > 0 && now >= opts.expect) {
+                break;
+            }
+            last = now;
+        }
+        let _ = stop_tx.send(true);
         while let Some(r) = subs.join_next().await {
             log_end(r);
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), drain).await;
     if let Some(p) = progress {
         p.abort();
     }
