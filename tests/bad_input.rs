@@ -99,16 +99,8 @@ async fn malformed_packets_are_refused_with_the_right_reason() {
     // Remaining length larger than what arrives: the server waits for the rest without
     // misreading anything, and the keepalive deadline ends the connection.
     let mut short = Raw::open(&node).await;
-    let c = homeport::mqtt::Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 1,
-        client_id: "short".into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    };
+    let mut c = connect_packet("short", Protocol::V5, true, Properties::default());
+    c.keep_alive = 1;
     short.connect_with(c).await;
     short.send_bytes(&[0x30, 0x64, 0x00, 0x01, b'a', 1, 2, 3]).await;
     assert_eq!(short.closed_with().await, Some(ReasonCode::KeepAliveTimeout));

@@ -11,16 +11,7 @@ use common::*;
 use homeport::mqtt::{self, Connect, LastWill, Packet, Properties, Protocol, QoS, ReasonCode};
 
 fn connect(id: &str, clean: bool, props: Properties) -> Connect {
-    Connect {
-        protocol: Protocol::V5,
-        clean_start: clean,
-        keep_alive: 30,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: props,
-    }
+    connect_packet(id, Protocol::V5, clean, props)
 }
 
 fn expiry(secs: u32) -> Properties {

@@ -82,6 +82,13 @@ pub struct StoredMessage {
     pub props: StoredProps,
 }
 
+impl From<&Delivery> for StoredMessage {
+    /// The stored form of one delivery: the message at the delivered QoS and RETAIN flag.
+    fn from(d: &Delivery) -> Self {
+        StoredMessage { qos: d.qos, retain: d.retain, ..StoredMessage::from(&*d.msg) }
+    }
+}
+
 impl From<&Message> for StoredMessage {
     fn from(m: &Message) -> Self {
         StoredMessage {

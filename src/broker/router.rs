@@ -224,9 +224,7 @@ impl Router {
             return (d, false);
         }
         let seq = slot.next_seq.fetch_add(1, Ordering::Relaxed);
-        let mut stored = StoredMessage::from(&*d.msg);
-        stored.qos = d.qos;
-        stored.retain = d.retain;
+        let stored = StoredMessage::from(&d);
         match self.store.inflight_push(&slot.client_id, seq, &stored) {
             Ok(()) => {
                 d.seq = Some(seq);

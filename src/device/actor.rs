@@ -306,9 +306,7 @@ impl DeviceState {
             }
         }
         let seq = self.slot.next_seq.fetch_add(1, Ordering::Relaxed);
-        let mut stored = StoredMessage::from(&*d.msg);
-        stored.qos = d.qos;
-        stored.retain = d.retain;
+        let stored = StoredMessage::from(&d);
         match self.ctx.store.queue_push(&self.client, seq, &stored) {
             Ok(()) => {
                 self.queue_len += 1;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
@@ -94,6 +94,8 @@ struct Client<S> {
     streams: Streams,
     latencies: Vec<u64>,
     received: u64,
+    /// Payload scratch of publishers.
+    payload: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
@@ -146,13 +148,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     fn publish_one(&mut self, topic: &str, publisher: u32) {
         let qos = self.opts.qos;
         let pkid = if qos == QoS::AtMostOnce { 0 } else { self.pkid() };
-        let mut payload = BytesMut::with_capacity(self.opts.size.max(STAMP_LEN));
-        if self.opts.size >= STAMP_LEN {
-            payload.put_u64(wall_ns());
-            payload.put_u32(publisher);
-            payload.put_u32(self.seq as u32);
-        }
+        // One payload buffer per client, its stamp rewritten in place for each message.
+        let mut payload = std::mem::take(&mut self.payload);
         payload.resize(self.opts.size, 0);
+        if self.opts.size >= STAMP_LEN {
+            payload[0..8].copy_from_slice(&wall_ns().to_be_bytes());
+            payload[8..12].copy_from_slice(&publisher.to_be_bytes());
+            payload[12..16].copy_from_slice(&(self.seq as u32).to_be_bytes());
+        }
         let props = Properties::default();
         PublishRef {
             dup: false,
@@ -164,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             payload: &payload,
         }
         .encode(self.opts.protocol, &mut self.wbuf);
+        self.payload = payload;
         self.seq += 1;
         if qos != QoS::AtMostOnce {
             self.outstanding += 1;
@@ -241,6 +245,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         streams: Streams::default(),
         latencies: Vec::new(),
         received: 0,
+        payload: Vec::new(),
     };
     let id = opts.id_prefix.replace("%i", &role.index.to_string());
     let mut properties = Properties::default();
@@ -306,7 +311,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut next_ping = Instant::now() + ping_every;
     let pub_start = Instant::now();
     let mut next_send = pub_start;
-    let publishing = role.publish.clone();
+    let publishing = role.publish.as_ref();
     let window = if opts.qos == QoS::AtMostOnce { usize::MAX } else { opts.inflight.max(1) };
     let result = loop {
         let more = publishing.is_some() && (opts.count == 0 || c.seq < opts.count);
@@ -334,20 +339,21 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 c.report_received();
             }
             _ = tokio::time::sleep_until(next_send), if can_send => {
-                let (topic, publisher) = publishing.clone().unwrap_or_default();
+                let Some((topic, publisher)) = &publishing else { continue };
+                let (topic, publisher) = (topic.as_str(), *publisher);
                 let mut n = 0;
                 if opts.rate > 0.0 {
                     // Send everything due by now, so the offered load holds even if a
                     // wake comes late.
                     let due = (pub_start.elapsed().as_secs_f64() * opts.rate) as u64 + 1;
                     while c.seq < due && c.outstanding < window && (opts.count == 0 || c.seq < opts.count) {
-                        c.publish_one(&topic, publisher);
+                        c.publish_one(topic, publisher);
                         n += 1;
                     }
                     next_send = pub_start + Duration::from_secs_f64((c.seq as f64) / opts.rate);
                 } else {
                     while n < 64 && c.outstanding < window && (opts.count == 0 || c.seq < opts.count) {
-                        c.publish_one(&topic, publisher);
+                        c.publish_one(topic, publisher);
                         n += 1;
                     }
                 }

@@ -91,19 +91,7 @@ impl Raw {
     }
 
     pub async fn connect(&mut self, id: &str, v: Protocol, props: Properties) -> Packet {
-        self.v = v;
-        let c = Connect {
-            protocol: v,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: props,
-        };
-        self.send(&Packet::Connect(Box::new(c))).await;
-        self.recv().await.expect("CONNACK")
+        self.connect_with(connect_packet(id, v, true, props)).await
     }
 
     /// Reads until close; returns the DISCONNECT reason if one came.
@@ -115,6 +103,20 @@ impl Raw {
             }
         }
         reason
+    }
+}
+
+/// A CONNECT with keep alive 30 and no will or credentials.
+pub fn connect_packet(id: &str, v: Protocol, clean: bool, props: Properties) -> Connect {
+    Connect {
+        protocol: v,
+        clean_start: clean,
+        keep_alive: 30,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: props,
     }
 }
 
