@@ -96,11 +96,18 @@ async fn accept_loop(l: TcpListener, ctx: Arc<ConnCtx>, done: mpsc::Sender<()>, 
         let ctx = ctx.clone();
         let done = done.clone();
         let kind = kind.clone();
-        tokio::spawn(async move {
-            let _done = done;
-            match kind {
-                Kind::Tcp => serve_connection(stream, Peer { addr, listener: "tcp" }, ctx).await,
-                Kind::Tls(acceptor, deadline) => {
+        // One task per kind, so a plain TCP connection's task is not sized for the
+        // largest (TLS) variant.
+        match kind {
+            Kind::Tcp => {
+                tokio::spawn(async move {
+                    let _done = done;
+                    serve_connection(stream, Peer { addr, listener: "tcp" }, ctx).await
+                });
+            }
+            Kind::Tls(acceptor, deadline) => {
+                tokio::spawn(async move {
+                    let _done = done;
                     match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             serve_connection(tls, Peer { addr, listener: "tls" }, ctx).await
@@ -119,10 +126,15 @@ async fn accept_loop(l: TcpListener, ctx: Arc<ConnCtx>, done: mpsc::Sender<()>, 
                                 .inc();
                         }
                     }
-                }
-                Kind::Ws(cfg) => serve_ws(stream, addr, cfg, ctx).await,
+                });
             }
-        });
+            Kind::Ws(cfg) => {
+                tokio::spawn(async move {
+                    let _done = done;
+                    serve_ws(stream, addr, cfg, ctx).await
+                });
+            }
+        }
     }
 }
 
