@@ -8,12 +8,14 @@
 //! codec; session state belongs to the device actor and the connection.
 
 mod message;
+mod outq;
 mod retained;
 mod router;
 mod slot;
 pub mod trie;
 
 pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
+pub use outq::{ConnQueue, Offer};
 pub use retained::Retained;
-pub use router::{Routed, Router, SubscribeOutcome};
-pub use slot::{ConnHandle, Control, LiveState, SessionSlot, SlotRef};
+pub use router::{AckWait, Routed, Router, SubscribeOutcome};
+pub use slot::{Control, LiveState, SessionSlot, SlotRef};

@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use ractor::ActorRef;
-use tokio::sync::{mpsc::error::TrySendError, oneshot};
+use tokio::sync::oneshot;
 
 use super::message::{now_ms, Delivery, Message, StoredMessage};
+use super::outq::{ConnQueue, Offer};
 use super::retained::Retained;
 use super::slot::{SessionSlot, SlotRef};
 use super::trie::{Entry, SharedKey, Trie};
@@ -21,14 +22,36 @@ use crate::telemetry::{DropReason, Metrics};
 /// Up to this many matches, overlapping subscriptions are merged by a linear scan.
 const LINEAR_DEDUP: usize = 16;
 
+/// Something a QoS 1/2 publisher's acknowledgement waits for.
+#[derive(Debug)]
+pub enum AckWait {
+    /// Durable writes the message caused (offline queues, journal, retained) are on disk.
+    Durable(DurableAck),
+    /// A subscriber whose backlog was at its limit has room again (flow control).
+    Room(Arc<ConnQueue>),
+}
+
+impl AckWait {
+    /// Waits for it; an error means the message may not be acknowledged as stored.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self {
+            AckWait::Durable(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+            AckWait::Room(q) => {
+                q.room().await;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Result of routing one message.
 #[derive(Debug, Default)]
 pub struct Routed {
     /// Subscriptions that matched (after no-local).
     pub matched: usize,
-    /// Resolve when every durable write this message caused (offline queues, retained) is
-    /// on disk. A QoS 1/2 publisher is acknowledged after them.
-    pub acks: Vec<DurableAck>,
+    /// What a QoS 1/2 publisher's acknowledgement waits for: every durable write this
+    /// message caused, and room at subscribers whose backlog was full.
+    pub acks: Vec<AckWait>,
 }
 
 /// One session's merged matches for a message.
@@ -100,7 +123,7 @@ impl Router {
         if msg.retain {
             self.retain(&msg)?;
             if msg.qos != QoS::AtMostOnce {
-                routed.acks.push(self.store.durable());
+                routed.acks.push(AckWait::Durable(self.store.durable()));
             }
         }
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
@@ -162,7 +185,7 @@ impl Router {
             journaled |= self.deliver_to(&e.slot, d, &mut routed.acks);
         }
         if journaled {
-            routed.acks.push(self.store.durable());
+            routed.acks.push(AckWait::Durable(self.store.durable()));
         }
         Ok(routed)
     }
@@ -210,9 +233,9 @@ impl Router {
     /// Hands one delivery to a session: its connection if attached, else (persistent
     /// sessions, QoS > 0) its device actor for the durable offline queue. `acks` gets what
     /// the publisher's acknowledgement must wait for.
-    pub fn deliver(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<DurableAck>) {
+    pub fn deliver(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<AckWait>) {
         if self.deliver_to(slot, d, acks) {
-            acks.push(self.store.durable());
+            acks.push(AckWait::Durable(self.store.durable()));
         }
     }
 
@@ -240,7 +263,7 @@ impl Router {
 
     /// [`Router::deliver`] without the flush wait; true if the in-flight journal was
     /// written and the caller must wait for [`Store::durable`].
-    fn deliver_to(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<DurableAck>) -> bool {
+    fn deliver_to(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<AckWait>) -> bool {
         let mut journaled = false;
         let (d, tx) = {
             let route = slot.route();
@@ -253,15 +276,20 @@ impl Router {
                     } else {
                         d
                     };
-                    match conn.tx.try_send(d) {
-                        Ok(()) => return journaled,
-                        Err(TrySendError::Full(_)) => {
-                            // A journaled message is not lost: it is sent again on the
-                            // next reconnect.
+                    match conn.offer(d) {
+                        Offer::Accepted => return journaled,
+                        Offer::Over => {
+                            // Queued above the limit: the publisher's acknowledgement
+                            // waits until this subscriber has room (flow control).
+                            self.metrics.backpressure_waits.inc();
+                            acks.push(AckWait::Room(conn.clone()));
+                            return journaled;
+                        }
+                        Offer::Dropped => {
                             self.metrics.dropped(DropReason::QueueFull);
                             return journaled;
                         }
-                        Err(TrySendError::Closed(d)) => d,
+                        Offer::Closed(d) => d,
                     }
                 }
                 None => d,
@@ -279,7 +307,7 @@ impl Router {
                 return journaled;
             }
             let (tx, rx) = oneshot::channel();
-            acks.push(rx);
+            acks.push(AckWait::Durable(rx));
             match &route.actor {
                 None => (d, tx),
                 Some(actor) => match actor.cast(DeviceMsg::Enqueue(d, tx)) {
@@ -293,8 +321,12 @@ impl Router {
         match self.devices.get() {
             Some(sup) => {
                 let client = slot.client_id.clone();
-                if let Err(e) = sup.cast(SupervisorMsg::Deliver { client, delivery: d, ack: tx }) {
-                    tracing::warn!(message = "device supervisor unavailable", error = %e);
+                let msg = DeviceMsg::Enqueue(d, tx);
+                if let Err(ractor::MessagingErr::SendErr(SupervisorMsg::Forward { msg, .. })) =
+                    sup.cast(SupervisorMsg::Forward { client, msg })
+                {
+                    tracing::warn!(message = "device supervisor unavailable");
+                    msg.refuse();
                 }
             }
             None => {

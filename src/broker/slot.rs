@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use ractor::ActorRef;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::message::Delivery;
+use super::outq::ConnQueue;
 use crate::device::DeviceMsg;
 use crate::mqtt::ReasonCode;
-use crate::session::Inflight;
+use crate::session::{Inflight, SessionRecord};
 
 /// Orders from a device actor to the connection attached to it.
 #[derive(Debug)]
@@ -31,19 +32,10 @@ pub struct LiveState {
     pub awaiting_rel: Vec<u16>,
 }
 
-/// How to reach the connection attached to a session.
-#[derive(Debug, Clone)]
-pub struct ConnHandle {
-    /// Unique per connection; stale detaches are recognised by it.
-    pub id: u64,
-    /// Bounded queue of deliveries, drained in batches by the connection.
-    pub tx: mpsc::Sender<Delivery>,
-    pub control: mpsc::UnboundedSender<Control>,
-}
-
 #[derive(Debug, Default)]
 pub struct Route {
-    pub conn: Option<ConnHandle>,
+    /// The attached connection's delivery queue.
+    pub conn: Option<Arc<ConnQueue>>,
     pub actor: Option<ActorRef<DeviceMsg>>,
     /// The session outlives its connection (session expiry > 0).
     pub persistent: bool,
@@ -58,11 +50,29 @@ pub struct SessionSlot {
     /// Next sequence number for the session's stored messages (offline queue and
     /// in-flight journal share one order). Set by the device actor when it starts.
     pub next_seq: AtomicU64,
+    /// A clean session's record, which lives in memory only: kept here while its actor
+    /// is not running. Written only by the device actor.
+    parked: parking_lot::Mutex<Option<Box<SessionRecord>>>,
 }
 
 impl SessionSlot {
     pub fn new(client_id: Arc<str>) -> Self {
-        SessionSlot { client_id, route: RwLock::new(Route::default()), next_seq: AtomicU64::new(0) }
+        SessionSlot {
+            client_id,
+            route: RwLock::new(Route::default()),
+            next_seq: AtomicU64::new(0),
+            parked: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Keeps (or with `None`, forgets) a clean session's record. Device actor only.
+    pub fn park(&self, record: Option<SessionRecord>) {
+        *self.parked.lock() = record.map(Box::new);
+    }
+
+    /// The parked record of a clean session, if any.
+    pub fn parked(&self) -> Option<SessionRecord> {
+        self.parked.lock().as_deref().cloned()
     }
 
     pub fn route(&self) -> parking_lot::RwLockReadGuard<'_, Route> {

@@ -79,6 +79,11 @@ pub struct MqttConfig {
     pub durable_inflight: bool,
     pub outbound_queue: usize,
     pub actor_idle_secs: u64,
+    /// How long the device actor of a *connected* session stays up after its last
+    /// message. The connection carries the live session; the actor is needed only for
+    /// control operations, and a short life keeps a connect storm from holding an actor
+    /// per client.
+    pub actor_idle_connected_ms: u64,
     pub sys_interval_secs: u64,
 }
 
@@ -103,6 +108,7 @@ impl Default for MqttConfig {
             durable_inflight: true,
             outbound_queue: 1024,
             actor_idle_secs: 30,
+            actor_idle_connected_ms: 250,
             sys_interval_secs: 10,
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{
     AttachReply, AttachRequest, DeviceCtx, DeviceError, DeviceMsg, SubscribeReply, SupervisorMsg,
 };
-use crate::broker::{now_ms, Control, Delivery, LiveState, SessionSlot, StoredMessage};
+use crate::broker::{now_ms, Control, Delivery, LiveState, Offer, SessionSlot, StoredMessage};
 use crate::config::QueuePolicy;
 use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
 use crate::session::{SessionRecord, Stage, StoredInflight, StoredSubscription};
@@ -20,6 +20,9 @@ use crate::telemetry::DropReason;
 
 /// How long an attach waits for the connection it takes over to hand back its state.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A scheduled idle check (ractor's `send_after` task).
+type IdleTimer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<DeviceMsg>>>;
 
 /// The behaviour; all data lives in [`DeviceState`].
 pub struct DeviceActor;
@@ -39,10 +42,19 @@ pub struct DeviceState {
     record: SessionRecord,
     /// A stored record existed (so a resumed session is "present").
     exists: bool,
+    /// The record is in sled (a persistent session's), not only in the slot.
+    stored: bool,
     conn_id: Option<u64>,
     /// Stored offline-queue entries (including ones being drained to a connection).
     queue_len: usize,
-    idle_gen: u64,
+    /// When the last message other than a timer was handled.
+    last_active: Instant,
+    /// The scheduled idle check and when it fires. One at a time; aborted when the actor
+    /// stops, so no timer keeps a stopped actor's mailboxes alive.
+    idle_timer: Option<(Instant, IdleTimer)>,
+    /// The actor has handed its slot back and is draining its mailbox: whatever it still
+    /// gets goes to its successor through the supervisor.
+    retired: bool,
 }
 
 impl DeviceState {
@@ -50,16 +62,81 @@ impl DeviceState {
         self.record.expiry_secs > 0
     }
 
+    /// Stores the record: in sled for a persistent session, in the slot (memory only)
+    /// for a clean one, which ends with its connection or with the node. Either way a
+    /// successor actor (after idling or a panic) starts from it.
     fn save(&mut self) -> Result<(), StoreError> {
         self.record.next_seq = self.slot.next_seq.load(Ordering::Relaxed);
-        self.ctx.store.put_session(&self.client, &self.record)
+        if self.persistent() {
+            self.slot.park(None);
+            self.ctx.store.put_session(&self.client, &self.record)?;
+            self.stored = true;
+            Ok(())
+        } else {
+            self.slot.park(Some(self.record.clone()));
+            // It may have been persistent before (a v5 client reconnecting with expiry 0).
+            if std::mem::take(&mut self.stored) {
+                self.ctx.store.delete_session(&self.client)?;
+            }
+            Ok(())
+        }
     }
 
-    fn schedule_idle(&mut self, myself: &ActorRef<DeviceMsg>) {
-        self.idle_gen += 1;
-        let gen = self.idle_gen;
-        let secs = self.ctx.mqtt.actor_idle_secs;
-        myself.send_after(Duration::from_secs(secs), move || DeviceMsg::IdleCheck(gen));
+    /// Notes activity and makes sure an idle check is scheduled.
+    fn touch(&mut self, myself: &ActorRef<DeviceMsg>) {
+        self.last_active = Instant::now();
+        self.arm_idle(myself);
+    }
+
+    /// Schedules the idle check for when the actor will have been idle long enough,
+    /// unless the pending one fires by then (it re-arms itself).
+    fn arm_idle(&mut self, myself: &ActorRef<DeviceMsg>) {
+        if self.retired {
+            return;
+        }
+        let now = Instant::now();
+        let due = self.last_active + self.idle_after();
+        if self.idle_timer.as_ref().is_some_and(|(d, _)| *d > now && *d <= due) {
+            return;
+        }
+        if let Some((_, old)) = self.idle_timer.take() {
+            old.abort();
+        }
+        let timer = myself.send_after(due.saturating_duration_since(now), || DeviceMsg::IdleCheck);
+        self.idle_timer = Some((due, timer));
+    }
+
+    fn idle_after(&self) -> Duration {
+        if self.slot.is_online() {
+            Duration::from_millis(self.ctx.mqtt.actor_idle_connected_ms)
+        } else {
+            Duration::from_secs(self.ctx.mqtt.actor_idle_secs)
+        }
+    }
+
+    /// Stops this actor without losing a message: it leaves the slot (new messages go
+    /// through the supervisor, which holds them until this actor has terminated), then
+    /// drains its mailbox, forwarding what is left. Its state stays in the store, and an
+    /// attached connection stays attached: the next message spawns a successor.
+    fn retire(&mut self, myself: &ActorRef<DeviceMsg>) {
+        if self.retired {
+            return;
+        }
+        self.retired = true;
+        {
+            let mut route = self.slot.route_mut();
+            if route.actor.as_ref().is_some_and(|a| a.get_id() == myself.get_id()) {
+                route.actor = None;
+            }
+            // Spawned for a message about a session that has ended meanwhile.
+            if !self.exists && route.conn.is_none() {
+                drop(route);
+                self.ctx.devices.remove_slot(&self.slot);
+            }
+        }
+        if myself.drain().is_err() {
+            myself.stop(None);
+        }
     }
 
     fn publish_will(&mut self) {
@@ -76,9 +153,13 @@ impl DeviceState {
         for s in std::mem::take(&mut self.record.subscriptions) {
             self.ctx.router.unsubscribe(&self.slot, &s.filter);
         }
-        if let Err(e) = self.ctx.store.delete_session(&self.client) {
-            tracing::error!(message = "session delete failed", client = %self.client, error = %e);
+        // A clean session that never was persistent has nothing in sled.
+        if std::mem::take(&mut self.stored) || self.queue_len > 0 {
+            if let Err(e) = self.ctx.store.delete_session(&self.client) {
+                tracing::error!(message = "session delete failed", client = %self.client, error = %e);
+            }
         }
+        self.slot.park(None);
         self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
         self.queue_len = 0;
         self.exists = false;
@@ -93,7 +174,7 @@ impl DeviceState {
         let mut live = LiveState::default();
         if let Some(old) = old {
             let (tx, rx) = oneshot::channel();
-            if old.control.send(Control::TakeOver { reply: tx }).is_ok() {
+            if old.order(Control::TakeOver { reply: tx }) {
                 if let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
                     live = state;
                 }
@@ -198,7 +279,7 @@ impl DeviceState {
         if !self.persistent() {
             self.publish_will();
             self.end_session();
-            myself.stop(None);
+            self.retire(myself);
             return Ok(());
         }
         self.slot.route_mut().persistent = true;
@@ -233,7 +314,6 @@ impl DeviceState {
             });
         }
         self.save()?;
-        self.schedule_idle(myself);
         Ok(())
     }
 
@@ -404,7 +484,9 @@ impl Actor for DeviceActor {
         myself: ActorRef<DeviceMsg>,
         args: DeviceArgs,
     ) -> Result<DeviceState, ActorProcessingErr> {
-        let record = args.ctx.store.get_session(&args.client)?;
+        let stored_record = args.ctx.store.get_session(&args.client)?;
+        let stored = stored_record.is_some();
+        let record = stored_record.or_else(|| args.slot.parked());
         let exists = record.is_some();
         let record = record.unwrap_or_default();
         let (mut next_seq, queue_len) = match args.ctx.store.queue_bounds(&args.client)? {
@@ -424,20 +506,20 @@ impl Actor for DeviceActor {
             route.actor = Some(myself.clone());
             route.conn.as_ref().map(|c| c.id)
         };
-        let mut state = DeviceState {
+        let state = DeviceState {
             client: args.client,
             slot: args.slot,
             ctx: args.ctx,
             supervisor: args.supervisor,
             record,
             exists,
+            stored,
             conn_id,
             queue_len,
-            idle_gen: 0,
+            last_active: Instant::now(),
+            idle_timer: None,
+            retired: false,
         };
-        if state.conn_id.is_none() {
-            state.schedule_idle(&myself);
-        }
         Ok(state)
     }
 
@@ -446,6 +528,9 @@ impl Actor for DeviceActor {
         myself: ActorRef<DeviceMsg>,
         state: &mut DeviceState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, timer)) = state.idle_timer.take() {
+            timer.abort();
+        }
         let mut route = state.slot.route_mut();
         if route.actor.as_ref().is_some_and(|a| a.get_id() == myself.get_id()) {
             route.actor = None;
@@ -459,9 +544,35 @@ impl Actor for DeviceActor {
         msg: DeviceMsg,
         state: &mut DeviceState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.retired {
+            // Sent before this actor left its slot: its successor takes it.
+            if !matches!(msg, DeviceMsg::IdleCheck) {
+                state.ctx.devices.cast(&state.client, None, msg);
+            }
+            return Ok(());
+        }
+        let timer = matches!(msg, DeviceMsg::IdleCheck);
+        let res = self.handle_msg(&myself, msg, state).await;
+        if !timer {
+            // After the message: it may have attached or detached a connection, which
+            // changes how long the actor idles.
+            state.touch(&myself);
+        }
+        res
+    }
+}
+
+impl DeviceActor {
+    async fn handle_msg(
+        &self,
+        myself: &ActorRef<DeviceMsg>,
+        msg: DeviceMsg,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let myself = myself.clone();
         match msg {
             DeviceMsg::Attach(req, reply) => {
-                let res = state.attach(req).await;
+                let res = state.attach(*req).await;
                 if res.is_err() {
                     state.conn_id = None;
                     state.slot.route_mut().conn = None;
@@ -506,17 +617,19 @@ impl Actor for DeviceActor {
                         true => state.ctx.store.durable_to(ack),
                         false => drop(ack.send(Ok(()))),
                     };
-                    match conn.tx.try_send(d) {
-                        Ok(()) => {
+                    match conn.offer(d) {
+                        // Over the limit, it is still queued; this rare path does not
+                        // hold the publisher back.
+                        Offer::Accepted | Offer::Over => {
                             answer(ack);
                             return Ok(());
                         }
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        Offer::Dropped => {
                             state.ctx.metrics.dropped(DropReason::QueueFull);
                             answer(ack);
                             return Ok(());
                         }
-                        Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => {
+                        Offer::Closed(d) => {
                             // A journaled message waits in the journal for the next attach.
                             if d.seq.is_none() {
                                 state.enqueue(d);
@@ -527,9 +640,6 @@ impl Actor for DeviceActor {
                     state.enqueue(d);
                 }
                 state.ctx.store.durable_to(ack);
-                if state.conn_id.is_none() {
-                    state.schedule_idle(&myself);
-                }
             }
             DeviceMsg::Delivered(seqs) => state.remove_queued(seqs),
             DeviceMsg::FireWill => {
@@ -539,19 +649,25 @@ impl Actor for DeviceActor {
                     state.publish_will();
                     state.save()?;
                 }
-                state.schedule_idle(&myself);
             }
             DeviceMsg::Expire => {
                 let due = state.record.expires_at_ms().is_some_and(|t| t <= now_ms());
                 if state.conn_id.is_none() && state.exists && due {
                     state.publish_will();
                     state.end_session();
-                    myself.stop(None);
+                    state.retire(&myself);
                 }
             }
-            DeviceMsg::IdleCheck(gen) => {
-                if gen == state.idle_gen && state.conn_id.is_none() {
-                    myself.stop(None);
+            DeviceMsg::IdleCheck => {
+                // Connected or not: an idle session costs no actor (its state is stored).
+                let now = Instant::now();
+                if state.idle_timer.as_ref().is_some_and(|(d, _)| *d <= now) {
+                    state.idle_timer = None;
+                }
+                if state.last_active.elapsed() >= state.idle_after() {
+                    state.retire(&myself);
+                } else {
+                    state.arm_idle(&myself);
                 }
             }
             DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),

@@ -15,14 +15,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
 pub use actor::DeviceActor;
 pub use supervisor::{DeviceSupervisor, SupervisorMsg};
 
-use crate::broker::{ConnHandle, Delivery, LiveState, Router, SessionSlot};
+use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
 use crate::mqtt::{ReasonCode, SubOptions};
 use crate::session::{Inflight, StoredWill};
@@ -49,7 +48,7 @@ pub enum DeviceError {
 /// What a connection brings when it attaches to its session.
 #[derive(Debug, Clone)]
 pub struct AttachRequest {
-    pub conn: ConnHandle,
+    pub conn: Arc<ConnQueue>,
     pub clean_start: bool,
     /// Granted session expiry in seconds.
     pub expiry_secs: u32,
@@ -81,7 +80,7 @@ pub struct SubscribeReply {
 
 /// Messages of a device actor.
 pub enum DeviceMsg {
-    Attach(AttachRequest, RpcReplyPort<Result<AttachReply, DeviceError>>),
+    Attach(Box<AttachRequest>, RpcReplyPort<Result<AttachReply, DeviceError>>),
     /// The connection `conn_id` ended. `will`: publish the will (abnormal end or v5
     /// DISCONNECT 0x04). `expiry_secs`: a v5 DISCONNECT may change the expiry.
     Detach {
@@ -107,10 +106,27 @@ pub enum DeviceMsg {
     FireWill,
     /// Timer: end the session if it has expired.
     Expire,
-    /// Timer: stop if nothing happened since generation `0`.
-    IdleCheck(u64),
+    /// Timer: retire if nothing happened for `actor_idle_secs`.
+    IdleCheck,
     /// Fault injection for tests and chaos runs: the actor panics.
     InjectPanic,
+}
+
+impl DeviceMsg {
+    /// Answers a message no actor can take (the node is stopping, or spawning failed):
+    /// every waiting caller gets an error instead of waiting for its timeout.
+    pub(crate) fn refuse(self) {
+        match self {
+            DeviceMsg::Attach(_, reply) => {
+                let _ = reply.send(Err(DeviceError::Unavailable));
+            }
+            DeviceMsg::Enqueue(_, ack) => {
+                let _ = ack.send(Err(StoreError::Closed));
+            }
+            // Dropping a reply port tells the caller; the rest are fire-and-forget.
+            _ => {}
+        }
+    }
 }
 
 /// Everything a device actor needs from its node.
@@ -172,70 +188,63 @@ impl Devices {
         self.supervisor.get().ok_or(DeviceError::Unavailable)
     }
 
-    /// Attaches a connection to `client`'s session (spawning its actor if needed). Retries
-    /// once if the actor stopped between lookup and delivery.
+    /// Sends `msg` to `client`'s device actor: straight to the running one, else through
+    /// the supervisor, which spawns one from stored state (or holds the message while a
+    /// retiring actor finishes its mailbox).
+    pub fn cast(&self, client: &Arc<str>, slot: Option<&SessionSlot>, msg: DeviceMsg) {
+        let msg = match slot.and_then(|s| s.actor()) {
+            Some(a) => match a.cast(msg) {
+                Ok(()) => return,
+                Err(MessagingErr::SendErr(m)) => m,
+                Err(_) => return,
+            },
+            None => msg,
+        };
+        match self.supervisor() {
+            Ok(sup) => {
+                let client = client.clone();
+                if let Err(MessagingErr::SendErr(SupervisorMsg::Forward { msg, .. })) =
+                    sup.cast(SupervisorMsg::Forward { client, msg })
+                {
+                    msg.refuse();
+                }
+            }
+            Err(_) => msg.refuse(),
+        }
+    }
+
+    /// Asks `client`'s device actor and waits for the answer (at most [`CALL_TIMEOUT`]).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        client: &Arc<str>,
+        slot: Option<&SessionSlot>,
+        build: impl FnOnce(RpcReplyPort<T>) -> DeviceMsg,
+    ) -> Result<T, DeviceError> {
+        let (tx, rx) = oneshot::channel();
+        self.cast(client, slot, build(RpcReplyPort::from(tx)));
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(DeviceError::Unavailable),
+            Err(_) => Err(DeviceError::Timeout),
+        }
+    }
+
+    /// Attaches a connection to `client`'s session (spawning its actor if needed).
     pub async fn attach(
         &self,
         client: &str,
         req: AttachRequest,
     ) -> Result<AttachReply, DeviceError> {
-        let mut last = DeviceError::Unavailable;
-        for _ in 0..2 {
-            let sup = self.supervisor()?;
-            let r = req.clone();
-            let client: Arc<str> = Arc::from(client);
-            match sup
-                .call(|reply| SupervisorMsg::Attach { client, req: r, reply }, Some(CALL_TIMEOUT))
-                .await
-            {
-                Ok(CallResult::Success(res)) => return res,
-                Ok(CallResult::Timeout) => last = DeviceError::Timeout,
-                Ok(CallResult::SenderError) | Err(_) => last = DeviceError::Unavailable,
-            }
-        }
-        Err(last)
+        let client: Arc<str> = Arc::from(client);
+        let slot = self.get_slot(&client);
+        self.call(&client, slot.as_deref(), |reply| DeviceMsg::Attach(Box::new(req), reply)).await?
     }
 
-    /// The running actor of `slot`, spawned from stored state if needed.
-    pub async fn actor(&self, slot: &SessionSlot) -> Result<ActorRef<DeviceMsg>, DeviceError> {
-        if let Some(a) = slot.actor() {
-            return Ok(a);
-        }
-        let client = slot.client_id.clone();
-        match self
-            .supervisor()?
-            .call(|reply| SupervisorMsg::Get { client, reply }, Some(CALL_TIMEOUT))
-            .await
-        {
-            Ok(CallResult::Success(a)) => Ok(a),
-            Ok(CallResult::Timeout) => Err(DeviceError::Timeout),
-            _ => Err(DeviceError::Unavailable),
-        }
-    }
-
-    /// Calls the device actor of `slot`; retries once through the supervisor if the actor
-    /// was replaced (e.g. restarted after a panic) meanwhile.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        slot: &SessionSlot,
-        build: impl Fn(RpcReplyPort<T>) -> DeviceMsg,
-    ) -> Result<T, DeviceError> {
-        let mut last = DeviceError::Unavailable;
-        for _ in 0..2 {
-            let actor = self.actor(slot).await?;
-            match actor.call(&build, Some(CALL_TIMEOUT)).await {
-                Ok(CallResult::Success(v)) => return Ok(v),
-                Ok(CallResult::Timeout) => last = DeviceError::Timeout,
-                Ok(CallResult::SenderError) | Err(_) => last = DeviceError::Unavailable,
-            }
-        }
-        Err(last)
-    }
-
-    /// Fault injection: makes `client`'s device actor panic. Returns false if it has none.
+    /// Fault injection: makes `client`'s device actor panic (spawning it if it is not
+    /// running). Returns false if the node has no session for `client`.
     pub fn inject_panic(&self, client: &str) -> bool {
-        self.get_slot(client)
-            .and_then(|s| s.actor())
-            .is_some_and(|a| a.cast(DeviceMsg::InjectPanic).is_ok())
+        let Some(slot) = self.get_slot(client) else { return false };
+        self.cast(&slot.client_id, Some(&slot), DeviceMsg::InjectPanic);
+        true
     }
 }

@@ -4,12 +4,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::oneshot;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
 
 use super::actor::{DeviceActor, DeviceArgs};
-use super::{AttachReply, AttachRequest, DeviceCtx, DeviceError, DeviceMsg};
-use crate::broker::{now_ms, Delivery};
+use super::{DeviceCtx, DeviceMsg};
+use crate::broker::now_ms;
 use crate::store::StoreError;
 
 /// What a timer does when it fires.
@@ -20,22 +19,11 @@ pub enum Timer {
 }
 
 pub enum SupervisorMsg {
-    /// Forwarded to the client's actor, spawned if needed.
-    Attach {
+    /// For the client's actor: delivered to the running one, or to one spawned from stored
+    /// state; held while a retiring actor finishes its mailbox.
+    Forward {
         client: Arc<str>,
-        req: AttachRequest,
-        reply: RpcReplyPort<Result<AttachReply, DeviceError>>,
-    },
-    /// A delivery for an offline session whose actor is not running.
-    Deliver {
-        client: Arc<str>,
-        delivery: Delivery,
-        ack: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// The client's running actor, spawned if needed.
-    Get {
-        client: Arc<str>,
-        reply: RpcReplyPort<ActorRef<DeviceMsg>>,
+        msg: DeviceMsg,
     },
     Schedule {
         client: Arc<str>,
@@ -52,6 +40,10 @@ pub struct SupervisorState {
     children: HashMap<Arc<str>, ActorRef<DeviceMsg>>,
     by_id: HashMap<ActorId, Arc<str>>,
     timers: BTreeSet<(u64, Arc<str>, Timer)>,
+    /// Messages for clients whose actor is retiring (draining its mailbox) or has just
+    /// failed: delivered, in order, to its successor once it has terminated, so one
+    /// client never has two actors at once.
+    held: HashMap<Arc<str>, Vec<DeviceMsg>>,
 }
 
 impl SupervisorState {
@@ -74,11 +66,64 @@ impl SupervisorState {
         let (actor, _) = Actor::spawn_linked(None, DeviceActor, args, myself.get_cell()).await?;
         self.children.insert(client.clone(), actor.clone());
         self.by_id.insert(actor.get_id(), client.clone());
+        self.ctx.metrics.actors.set(self.by_id.len() as i64);
         Ok(actor)
+    }
+
+    /// Hands `msg` to `client`'s actor, spawning one if none is running.
+    async fn forward(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        client: Arc<str>,
+        msg: DeviceMsg,
+    ) {
+        if let Some(held) = self.held.get_mut(&client) {
+            held.push(msg);
+            return;
+        }
+        match self.child(myself, &client).await {
+            Ok(child) => {
+                if let Err(MessagingErr::SendErr(msg)) = child.cast(msg) {
+                    // Retiring or just failed: its termination event follows.
+                    self.held.entry(client).or_default().push(msg);
+                }
+            }
+            Err(e) => {
+                tracing::error!(message = "device actor spawn failed", client = %client, error = %e);
+                msg.refuse();
+            }
+        }
+    }
+
+    /// After `client`'s actor terminated: a successor takes the held messages (and, after
+    /// a failure, the session that is still attached or stored).
+    async fn succeed(&mut self, myself: &ActorRef<SupervisorMsg>, client: Arc<str>, failed: bool) {
+        let held = self.held.remove(&client).unwrap_or_default();
+        if held.is_empty() && !(failed && self.ctx.devices.get_slot(&client).is_some()) {
+            return;
+        }
+        match self.child(myself, &client).await {
+            Ok(child) => {
+                let mut rest = Vec::new();
+                for msg in held {
+                    if let Err(MessagingErr::SendErr(msg)) = child.cast(msg) {
+                        rest.push(msg);
+                    }
+                }
+                if !rest.is_empty() {
+                    self.held.insert(client, rest);
+                }
+            }
+            Err(e) => {
+                tracing::error!(message = "device actor restart failed", client = %client, error = %e);
+                held.into_iter().for_each(DeviceMsg::refuse);
+            }
+        }
     }
 
     fn forget(&mut self, id: ActorId) -> Option<Arc<str>> {
         let client = self.by_id.remove(&id)?;
+        self.ctx.metrics.actors.set(self.by_id.len() as i64);
         if self.children.get(&client).is_some_and(|a| a.get_id() == id) {
             self.children.remove(&client);
         }
@@ -137,6 +182,7 @@ impl Actor for DeviceSupervisor {
             children: HashMap::new(),
             by_id: HashMap::new(),
             timers: BTreeSet::new(),
+            held: HashMap::new(),
         };
         restore(&mut state)?;
         myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Tick);
@@ -150,41 +196,7 @@ impl Actor for DeviceSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Attach { client, req, reply } => {
-                match state.child(&myself, &client).await {
-                    Ok(child) => {
-                        if let Err(ractor::MessagingErr::SendErr(DeviceMsg::Attach(_, reply))) =
-                            child.cast(DeviceMsg::Attach(req, reply))
-                        {
-                            let _ = reply.send(Err(DeviceError::Unavailable));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(message = "device actor spawn failed", client = %client, error = %e);
-                        let _ = reply.send(Err(DeviceError::Unavailable));
-                    }
-                }
-            }
-            SupervisorMsg::Deliver { client, delivery, ack } => {
-                match state.child(&myself, &client).await {
-                    Ok(child) => {
-                        if let Err(ractor::MessagingErr::SendErr(DeviceMsg::Enqueue(_, ack))) =
-                            child.cast(DeviceMsg::Enqueue(delivery, ack))
-                        {
-                            let _ = ack.send(Err(StoreError::Closed));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(message = "device actor spawn failed", error = %e);
-                        let _ = ack.send(Err(StoreError::Closed));
-                    }
-                }
-            }
-            SupervisorMsg::Get { client, reply } => {
-                if let Ok(child) = state.child(&myself, &client).await {
-                    let _ = reply.send(child);
-                }
-            }
+            SupervisorMsg::Forward { client, msg } => state.forward(&myself, client, msg).await,
             SupervisorMsg::Schedule { client, at_ms, msg } => {
                 state.timers.insert((at_ms, client, msg));
             }
@@ -199,12 +211,11 @@ impl Actor for DeviceSupervisor {
                     if state.ctx.devices.get_slot(&client).is_none() {
                         continue;
                     }
-                    if let Ok(child) = state.child(&myself, &client).await {
-                        let _ = child.cast(match timer {
-                            Timer::Will => DeviceMsg::FireWill,
-                            Timer::Expire => DeviceMsg::Expire,
-                        });
-                    }
+                    let msg = match timer {
+                        Timer::Will => DeviceMsg::FireWill,
+                        Timer::Expire => DeviceMsg::Expire,
+                    };
+                    state.forward(&myself, client, msg).await;
                 }
             }
         }
@@ -219,7 +230,9 @@ impl Actor for DeviceSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.forget(cell.get_id());
+                if let Some(client) = state.forget(cell.get_id()) {
+                    state.succeed(&myself, client, false).await;
+                }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(client) = state.forget(cell.get_id()) {
@@ -227,11 +240,7 @@ impl Actor for DeviceSupervisor {
                     tracing::error!(message = "device actor failed; restarting from stored state", client = %client, error = %err);
                     // The slot (and an attached connection) survive; the new actor picks
                     // them up in pre_start.
-                    if state.ctx.devices.get_slot(&client).is_some() {
-                        if let Err(e) = state.child(&myself, &client).await {
-                            tracing::error!(message = "device actor restart failed", client = %client, error = %e);
-                        }
-                    }
+                    state.succeed(&myself, client, true).await;
                 }
             }
             _ => {}

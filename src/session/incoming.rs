@@ -12,6 +12,9 @@ pub struct QuotaExceeded;
 pub struct Incoming {
     receive_max: usize,
     awaiting_rel: HashSet<u16>,
+    /// QoS 1 PUBLISH packets whose PUBACK is not sent yet (it waits for storage or for
+    /// room at a subscriber).
+    unacked: usize,
 }
 
 impl Incoming {
@@ -19,15 +22,27 @@ impl Incoming {
         Incoming {
             receive_max: usize::from(receive_max),
             awaiting_rel: awaiting_rel.into_iter().collect(),
+            unacked: 0,
         }
     }
 
-    /// A QoS 1 PUBLISH arrives while `awaiting_rel` QoS 2 flows are open: is there room?
+    /// A QoS 1 or 2 PUBLISH arrives: is there room under our Receive Maximum? Open QoS 2
+    /// flows (PUBREL not yet received) and QoS 1 messages not yet acknowledged count.
     pub fn check_quota(&self) -> Result<(), QuotaExceeded> {
-        if self.awaiting_rel.len() >= self.receive_max {
+        if self.awaiting_rel.len() + self.unacked >= self.receive_max {
             return Err(QuotaExceeded);
         }
         Ok(())
+    }
+
+    /// A QoS 1 PUBLISH whose PUBACK is deferred.
+    pub fn defer_ack(&mut self) {
+        self.unacked += 1;
+    }
+
+    /// The deferred PUBACK of a QoS 1 PUBLISH was sent.
+    pub fn acked(&mut self) {
+        self.unacked = self.unacked.saturating_sub(1);
     }
 
     /// A QoS 2 PUBLISH: `Ok(true)` if new (forward it), `Ok(false)` if a duplicate of one
@@ -76,5 +91,10 @@ mod tests {
         i.release(1);
         assert_eq!(i.check_quota(), Ok(()));
         assert_eq!(i.awaiting(), vec![2]);
+        // A QoS 1 message waiting for its PUBACK takes a slot too.
+        i.defer_ack();
+        assert_eq!(i.check_quota(), Err(QuotaExceeded));
+        i.acked();
+        assert_eq!(i.check_quota(), Ok(()));
     }
 }

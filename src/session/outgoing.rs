@@ -131,6 +131,12 @@ impl Outgoing {
         Some((pkid, d))
     }
 
+    /// Appends deliveries to the waiting list without sending any (the session is about
+    /// to move to another connection).
+    pub fn hold(&mut self, items: impl IntoIterator<Item = Delivery>) {
+        self.pending.extend(items);
+    }
+
     /// Applies an acknowledgement. On PUBREC the caller sends PUBREL. Completed messages
     /// free window slots; the deliveries to send next are returned.
     pub fn ack(&mut self, pkid: u16, kind: AckKind) -> Result<Acked, AckError> {

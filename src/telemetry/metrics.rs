@@ -9,7 +9,9 @@ use prometheus::{
 /// Why a message was not delivered. Each drop is counted; none is silent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// A subscriber's outbound queue was full.
+    /// A QoS 0 message found a connected subscriber's backlog at its limit
+    /// (`mqtt.outbound_queue`). QoS 1/2 messages are never dropped there: their
+    /// publishers wait instead (`homeport_backpressure_waits_total`).
     QueueFull,
     /// The offline queue of a persistent session hit its limit (policy drop-oldest).
     OfflineQueueDropOldest,
@@ -104,10 +106,15 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     /// Device actors restarted after a panic or error.
     pub actor_restarts: IntCounter,
+    /// Device actors running now (an idle session, connected or not, has none).
+    pub actors: IntGauge,
     /// Unacknowledged shared-subscription messages handed to another group member.
     pub shared_redispatched: IntCounter,
     /// Storage writes that failed where the message still went on (journal writes).
     pub storage_errors: IntCounter,
+    /// QoS 1/2 deliveries queued above a subscriber's limit whose publisher's
+    /// acknowledgement waited for room (flow control).
+    pub backpressure_waits: IntCounter,
 }
 
 impl Metrics {
@@ -204,6 +211,7 @@ impl Metrics {
                 "Waiters covered by one storage flush",
                 prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
             ),
+            actors: gauge("homeport_device_actors", "Device actors running now"),
             actor_restarts: counter(
                 "homeport_device_actor_restarts_total",
                 "Device actors restarted after a failure",
@@ -215,6 +223,10 @@ impl Metrics {
             shared_redispatched: counter(
                 "homeport_shared_redispatched_total",
                 "Unacknowledged shared-subscription messages handed to another member",
+            ),
+            backpressure_waits: counter(
+                "homeport_backpressure_waits_total",
+                "QoS 1/2 deliveries whose publisher acknowledgement waited for subscriber room",
             ),
             registry,
         };

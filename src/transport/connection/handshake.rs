@@ -93,7 +93,8 @@ pub struct Negotiated {
     pub client_max_packet: usize,
     /// Topic aliases the client accepts from us.
     pub client_alias_max: u16,
-    pub will: Option<StoredWill>,
+    /// Boxed: it moves to the session at attach, and the connection keeps this struct.
+    pub will: Option<Box<StoredWill>>,
 }
 
 /// Validates CONNECT and works out the session parameters, or the CONNACK reason to refuse.
@@ -133,11 +134,11 @@ pub fn negotiate(c: &Connect, ctx: &ConnCtx) -> Result<Negotiated, ReasonCode> {
                     .map(|s| now + u64::from(s) * 1000),
                 origin: None,
             });
-            Some(StoredWill {
+            Some(Box::new(StoredWill {
                 msg,
                 delay_secs: w.properties.will_delay_interval.unwrap_or(0),
                 at_ms: None,
-            })
+            }))
         }
         None => None,
     };

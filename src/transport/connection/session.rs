@@ -1,20 +1,22 @@
 //! The live session of one connection: the pump loop and per-packet handling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::handshake::{self, Negotiated, Refused};
 use super::outbound::Outbound;
 use super::{ConnCtx, DeviceIo, Peer};
 use crate::broker::{
-    app_properties, now_ms, ConnHandle, Control, Delivery, LiveState, Message, SessionSlot,
+    app_properties, now_ms, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
 use crate::device::{AttachRequest, DeviceMsg};
 use crate::mqtt::{
@@ -22,10 +24,29 @@ use crate::mqtt::{
 };
 use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
 
-/// Deliveries drained from the channel per wake before writing.
-const DRAIN_BATCH: usize = 256;
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
+/// Acknowledgements a connection may owe at once. v5 clients are held to our Receive
+/// Maximum; 3.1.1 has none, and this is as many as a client has packet identifiers.
+const MAX_OWED_ACKS: usize = u16::MAX as usize;
+
+/// The acknowledgement of one QoS 1/2 PUBLISH, once what it waits for has happened.
+struct AckDone {
+    pkid: u16,
+    qos: QoS,
+    reason: ReasonCode,
+    /// It waited in `owed` (and counted against our Receive Maximum).
+    owed: bool,
+}
+
+/// An acknowledgement that waits for durable writes or for room at subscribers.
+type OwedAck = Pin<Box<dyn Future<Output = AckDone> + Send>>;
+
+/// A packet that needs the device actor.
+enum DeviceCall {
+    Subscribe(Box<mqtt::Subscribe>),
+    Unsubscribe(Box<mqtt::Unsubscribe>),
+}
 
 /// Why the pump stopped.
 enum End {
@@ -56,11 +77,15 @@ struct Conn {
     neg: Negotiated,
     client: Arc<str>,
     slot: Arc<SessionSlot>,
-    conn_id: u64,
+    queue: Arc<ConnQueue>,
     out: Outbound,
     outgoing: Outgoing,
     incoming: Incoming,
     in_aliases: HashMap<u16, Arc<str>>,
+    /// Acknowledgements owed to the client, in the order its PUBLISH packets came (MQTT
+    /// requires that order). Only the front is polled: what the others wait for happens
+    /// on its own, so each is ready or nearly so when its turn comes.
+    owed: VecDeque<OwedAck>,
     /// Offline-queue entries completed since the last report to the actor.
     delivered: Vec<u64>,
     expiry_update: Option<u32>,
@@ -72,7 +97,28 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
     gauge.inc();
     let _guard = GaugeGuard(gauge);
     let mut rbuf = BytesMut::new();
-    let connect = match handshake::read_connect(&mut io, &mut rbuf, &ctx).await {
+    // The handshake and the close are boxed: their futures (deadlines, device calls)
+    // would otherwise size every connection's task for as long as it lives.
+    let Some(mut conn) = Box::pin(open(&mut io, &mut rbuf, peer, &ctx)).await else { return };
+    if rbuf.is_empty() {
+        // The CONNECT buffer goes; an idle connection holds none.
+        rbuf = BytesMut::new();
+    }
+    let end = conn.run(&mut io, rbuf).await;
+    Box::pin(conn.finish(&mut io, end)).await;
+}
+
+/// Reads CONNECT, attaches to the session and queues CONNACK and what the session has
+/// to resend. `None` if the connection was refused (and answered).
+async fn open<S: DeviceIo>(
+    io: &mut S,
+    rbuf: &mut BytesMut,
+    peer: Peer,
+    ctx: &Arc<ConnCtx>,
+) -> Option<Conn> {
+    let ctx = ctx.clone();
+    let io = &mut *io;
+    let connect = match handshake::read_connect(io, rbuf, &ctx).await {
         Ok(c) => c,
         Err(r) => {
             let label = match &r {
@@ -85,45 +131,45 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
             ctx.metrics.connects.with_label_values(&[label]).inc();
             if let Refused::Decode(e, v5) = &r {
                 if let Some((v, code)) = handshake::connack_for_decode_error(e, *v5) {
-                    handshake::refuse(&mut io, v, code, &ctx).await;
+                    handshake::refuse(io, v, code, &ctx).await;
                 }
             }
             tracing::debug!(message = "connection refused before CONNECT", peer = %peer.addr, reason = label);
-            return;
+            return None;
         }
     };
-    let neg = match handshake::negotiate(&connect, &ctx) {
+    let mut neg = match handshake::negotiate(&connect, &ctx) {
         Ok(n) => n,
         Err(code) => {
-            handshake::refuse(&mut io, connect.protocol, code, &ctx).await;
-            return;
+            handshake::refuse(io, connect.protocol, code, &ctx).await;
+            return None;
         }
     };
-    let (tx, rx) = mpsc::channel(ctx.cfg.mqtt.outbound_queue);
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let conn_id = handshake::next_conn_id();
+    let queue = Arc::new(ConnQueue::new(handshake::next_conn_id(), ctx.cfg.mqtt.outbound_queue));
     let req = AttachRequest {
-        conn: ConnHandle { id: conn_id, tx, control: ctl_tx },
+        conn: queue.clone(),
         clean_start: connect.clean_start,
         expiry_secs: neg.expiry_secs,
-        will: neg.will.clone(),
+        // The session keeps the will; the connection needs no copy.
+        will: neg.will.take().map(|w| *w),
     };
     let reply = match ctx.devices.attach(&neg.client_id, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(message = "session attach failed", client = %neg.client_id, error = %e);
-            handshake::refuse(&mut io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
-            return;
+            handshake::refuse(io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
+            return None;
         }
     };
     let mut conn = Conn {
         client: Arc::from(neg.client_id.as_str()),
         slot: reply.slot.clone(),
-        conn_id,
+        queue,
         out: Outbound::new(neg.protocol, neg.client_alias_max, neg.client_max_packet),
         outgoing: Outgoing::new(neg.client_receive_max),
         incoming: Incoming::new(ctx.cfg.mqtt.receive_maximum, reply.awaiting_rel.iter().copied()),
         in_aliases: HashMap::new(),
+        owed: VecDeque::new(),
         delivered: Vec::new(),
         expiry_update: None,
         ctx: ctx.clone(),
@@ -131,9 +177,10 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
     };
     if let Some(d) = reply.durable {
         if !matches!(d.await, Ok(Ok(()))) {
-            handshake::refuse(&mut io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
+            handshake::refuse(io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
+            conn.queue.close();
             conn.detach(LiveState::default(), false);
-            return;
+            return None;
         }
     }
     let ack = handshake::connack(&conn.neg, &connect, &ctx, reply.session_present);
@@ -153,10 +200,15 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
     for d in reply.queued {
         conn.deliver(d);
     }
-    drop(connect);
-    let mut rx = rx;
-    let end = conn.run(&mut io, &mut rx, ctl_rx, rbuf).await;
-    conn.finish(&mut io, end, &mut rx).await;
+    Some(conn)
+}
+
+/// The front owed acknowledgement, once ready; never resolves when none is owed.
+async fn front(owed: &mut VecDeque<OwedAck>) -> AckDone {
+    match owed.front_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -193,13 +245,7 @@ impl Conn {
         }
     }
 
-    async fn run<S: DeviceIo>(
-        &mut self,
-        io: &mut S,
-        rx: &mut mpsc::Receiver<Delivery>,
-        mut ctl: mpsc::UnboundedReceiver<Control>,
-        mut rbuf: BytesMut,
-    ) -> End {
+    async fn run<S: DeviceIo>(&mut self, io: &mut S, mut rbuf: BytesMut) -> End {
         let ka = Duration::from_millis(u64::from(self.neg.keep_alive) * 1500);
         let mut last_read = Instant::now();
         let keepalive =
@@ -218,18 +264,34 @@ impl Conn {
             }
             if !self.delivered.is_empty() {
                 let seqs = std::mem::take(&mut self.delivered);
-                if let Some(a) = self.slot.actor() {
-                    let _ = a.cast(DeviceMsg::Delivered(seqs));
-                }
+                self.ctx.devices.cast(&self.client, Some(&self.slot), DeviceMsg::Delivered(seqs));
             }
+            // What waits for a window slot counts towards the backlog limit.
+            self.queue.settle(self.outgoing.pending_len());
+            let queue = self.queue.clone();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return End::Shutdown,
-                c = ctl.recv() => match c {
-                    Some(Control::TakeOver { reply }) => return End::TakenOver(reply),
-                    Some(Control::Kick(code)) => return End::Kicked(code),
-                    None => {}
-                },
+                _ = queue.ready() => {
+                    let (items, control) = queue.take();
+                    if let Some(c) = control {
+                        // Not sent on this connection: they go with the live state.
+                        self.outgoing.hold(items);
+                        return match c {
+                            Control::TakeOver { reply } => End::TakenOver(reply),
+                            Control::Kick(code) => End::Kicked(code),
+                        };
+                    }
+                    for d in items {
+                        self.deliver(d);
+                    }
+                }
+                done = front(&mut self.owed) => {
+                    self.owed.pop_front();
+                    if let Err(end) = self.acknowledge(done) {
+                        return end;
+                    }
+                }
                 read = async {
                     io.wait_readable().await?;
                     rbuf.reserve(READ_CHUNK);
@@ -248,16 +310,6 @@ impl Conn {
                         rbuf = BytesMut::new();
                     }
                 }
-                d = rx.recv() => {
-                    let Some(d) = d else { continue };
-                    self.deliver(d);
-                    for _ in 1..DRAIN_BATCH {
-                        match rx.try_recv() {
-                            Ok(d) => self.deliver(d),
-                            Err(_) => break,
-                        }
-                    }
-                }
                 _ = &mut keepalive => {
                     let deadline = last_read + ka;
                     if Instant::now() >= deadline {
@@ -269,7 +321,22 @@ impl Conn {
         }
     }
 
+    /// Handles every whole packet in `rbuf`. SUBSCRIBE and UNSUBSCRIBE need their device
+    /// actor and are awaited here, boxed: an inline device call would size every
+    /// connection's task for as long as it lives.
     async fn on_input(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        while let Some(call) = self.on_bytes(rbuf)? {
+            match call {
+                DeviceCall::Subscribe(s) => Box::pin(self.on_subscribe(*s)).await?,
+                DeviceCall::Unsubscribe(u) => Box::pin(self.on_unsubscribe(*u)).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and handles packets until the buffer holds no whole packet (`None`) or a
+    /// packet needs the device actor.
+    fn on_bytes(&mut self, rbuf: &mut BytesMut) -> Result<Option<DeviceCall>, End> {
         let cfg = &self.ctx.cfg.mqtt;
         let (max, max_up) = (cfg.max_packet_size as usize, cfg.max_user_properties);
         loop {
@@ -277,18 +344,25 @@ impl Conn {
             match mqtt::decode(rbuf, self.neg.protocol, max, max_up) {
                 Ok(Some(d)) => {
                     self.ctx.metrics.packet_in(first.unwrap_or(0), d.size);
-                    self.on_packet(d.packet).await?;
+                    if let Some(call) = self.on_packet(d.packet)? {
+                        return Ok(Some(call));
+                    }
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(decode_end(&e)),
             }
         }
     }
 
-    async fn on_packet(&mut self, p: Packet) -> Result<(), End> {
+    fn on_packet(&mut self, p: Packet) -> Result<Option<DeviceCall>, End> {
         let v5 = self.neg.protocol.is_v5();
         match p {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Subscribe(s) => return Ok(Some(DeviceCall::Subscribe(Box::new(s)))),
+            Packet::Unsubscribe(u) => return Ok(Some(DeviceCall::Unsubscribe(Box::new(u)))),
+            _ => {}
+        }
+        let done = match p {
+            Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(r) => {
                 if let Ok(a) = self.outgoing.ack(r.pkid, AckKind::PubAck) {
                     self.completed(a);
@@ -299,7 +373,7 @@ impl Conn {
                 if r.reason.is_error() {
                     let a = self.outgoing.abandon(r.pkid);
                     self.completed(a);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let reason = match self.outgoing.ack(r.pkid, AckKind::PubRec) {
                     Ok(_) => ReasonCode::Success,
@@ -330,35 +404,6 @@ impl Conn {
                 self.out.packet(&Packet::PubComp(comp), &self.ctx.metrics);
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => {
-                let filters = u.filters.clone();
-                let res = self
-                    .ctx
-                    .devices
-                    .call(&self.slot, |reply| DeviceMsg::Unsubscribe {
-                        filters: filters.clone(),
-                        reply,
-                    })
-                    .await;
-                let reasons = match res {
-                    Ok((codes, durable)) => {
-                        let ok = match durable {
-                            Some(d) => matches!(d.await, Ok(Ok(()))),
-                            None => true,
-                        };
-                        if ok {
-                            codes
-                        } else {
-                            vec![ReasonCode::UnspecifiedError; u.filters.len()]
-                        }
-                    }
-                    Err(_) => vec![ReasonCode::UnspecifiedError; u.filters.len()],
-                };
-                let ack = UnsubAck { pkid: u.pkid, reasons, properties: Properties::default() };
-                self.out.packet(&Packet::UnsubAck(ack), &self.ctx.metrics);
-                Ok(())
-            }
             Packet::PingReq => {
                 self.out.packet(&Packet::PingResp, &self.ctx.metrics);
                 Ok(())
@@ -377,10 +422,11 @@ impl Conn {
             }
             Packet::Connect(_) => Err(End::Violation(ReasonCode::ProtocolError, "second_connect")),
             _ => Err(End::Violation(ReasonCode::ProtocolError, "unexpected_packet")),
-        }
+        };
+        done.map(|()| None)
     }
 
-    async fn on_publish(&mut self, p: mqtt::Publish) -> Result<(), End> {
+    fn on_publish(&mut self, p: mqtt::Publish) -> Result<(), End> {
         let cfg = self.ctx.cfg.mqtt.clone();
         let v5 = self.neg.protocol.is_v5();
         self.ctx.metrics.messages_in.inc();
@@ -451,43 +497,95 @@ impl Conn {
             expires_at_ms: p.properties.message_expiry_interval.map(|s| now + u64::from(s) * 1000),
             origin: Some(self.client.clone()),
         });
-        let reason = match self.ctx.router.publish(msg) {
-            Ok(routed) => {
-                let mut ok = true;
-                for a in routed.acks {
-                    ok &= matches!(a.await, Ok(Ok(())));
-                }
-                if !ok {
-                    ReasonCode::UnspecifiedError
-                } else if routed.matched == 0 {
-                    ReasonCode::NoMatchingSubscribers
-                } else {
-                    ReasonCode::Success
-                }
-            }
-            Err(e) => {
-                tracing::error!(message = "publish not stored", error = %e);
-                ReasonCode::UnspecifiedError
-            }
-        };
+        let routed = self.ctx.router.publish(msg);
         if p.qos == QoS::AtMostOnce {
+            if let Err(e) = routed {
+                tracing::error!(message = "publish not stored", error = %e);
+            }
             return Ok(());
         }
-        if reason.is_error() && !v5 {
-            // 3.1.1 has no negative acknowledgement: close so the client retries.
-            return Err(End::Io);
+        let (pkid, qos) = (p.pkid, p.qos);
+        let (reason, waits) = match routed {
+            Ok(r) if r.matched == 0 => (ReasonCode::NoMatchingSubscribers, r.acks),
+            Ok(r) => (ReasonCode::Success, r.acks),
+            Err(e) => {
+                tracing::error!(message = "publish not stored", error = %e);
+                (ReasonCode::UnspecifiedError, Vec::new())
+            }
+        };
+        if waits.is_empty() && self.owed.is_empty() {
+            return self.acknowledge(AckDone { pkid, qos, reason, owed: false });
         }
-        if reason.is_error() && p.qos == QoS::ExactlyOnce {
-            self.incoming.release(p.pkid);
+        // The acknowledgement waits (storage, or room at a full subscriber); the
+        // connection goes on reading and writing meanwhile.
+        if self.owed.len() >= MAX_OWED_ACKS {
+            return Err(End::Violation(ReasonCode::ReceiveMaximumExceeded, "too_many_owed_acks"));
+        }
+        if qos == QoS::AtLeastOnce && v5 {
+            self.incoming.defer_ack();
+        }
+        self.owed.push_back(Box::pin(async move {
+            let mut ok = true;
+            for w in waits {
+                ok &= w.wait().await.is_ok();
+            }
+            let reason = if ok { reason } else { ReasonCode::UnspecifiedError };
+            AckDone { pkid, qos, reason, owed: true }
+        }));
+        Ok(())
+    }
+
+    /// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) for a routed PUBLISH.
+    fn acknowledge(&mut self, done: AckDone) -> Result<(), End> {
+        let v5 = self.neg.protocol.is_v5();
+        if done.owed && done.qos == QoS::AtLeastOnce && v5 {
+            self.incoming.acked();
+        }
+        if done.reason.is_error() {
+            if !v5 {
+                // 3.1.1 has no negative acknowledgement: close so the client retries.
+                return Err(End::Io);
+            }
+            if done.qos == QoS::ExactlyOnce {
+                self.incoming.release(done.pkid);
+            }
         }
         let resp = PubResp {
-            pkid: p.pkid,
-            reason: if v5 { reason } else { ReasonCode::Success },
+            pkid: done.pkid,
+            reason: if v5 { done.reason } else { ReasonCode::Success },
             properties: Properties::default(),
         };
-        let pkt =
-            if p.qos == QoS::AtLeastOnce { Packet::PubAck(resp) } else { Packet::PubRec(resp) };
+        let pkt = match done.qos {
+            QoS::ExactlyOnce => Packet::PubRec(resp),
+            _ => Packet::PubAck(resp),
+        };
         self.out.packet(&pkt, &self.ctx.metrics);
+        Ok(())
+    }
+
+    async fn on_unsubscribe(&mut self, u: mqtt::Unsubscribe) -> Result<(), End> {
+        let filters = u.filters.clone();
+        let res = self
+            .ctx
+            .devices
+            .call(&self.client, Some(&self.slot), |reply| DeviceMsg::Unsubscribe { filters, reply })
+            .await;
+        let reasons = match res {
+            Ok((codes, durable)) => {
+                let ok = match durable {
+                    Some(d) => matches!(d.await, Ok(Ok(()))),
+                    None => true,
+                };
+                if ok {
+                    codes
+                } else {
+                    vec![ReasonCode::UnspecifiedError; u.filters.len()]
+                }
+            }
+            Err(_) => vec![ReasonCode::UnspecifiedError; u.filters.len()],
+        };
+        let ack = UnsubAck { pkid: u.pkid, reasons, properties: Properties::default() };
+        self.out.packet(&Packet::UnsubAck(ack), &self.ctx.metrics);
         Ok(())
     }
 
@@ -511,7 +609,11 @@ impl Conn {
         let res = self
             .ctx
             .devices
-            .call(&self.slot, |reply| DeviceMsg::Subscribe { filters: filters.clone(), id, reply })
+            .call(&self.client, Some(&self.slot), |reply| DeviceMsg::Subscribe {
+                filters,
+                id,
+                reply,
+            })
             .await;
         let (reasons, retained) = match res {
             Ok(r) => {
@@ -538,39 +640,26 @@ impl Conn {
         Ok(())
     }
 
-    fn live_state(&mut self, rx: Option<&mut mpsc::Receiver<Delivery>>) -> LiveState {
+    /// Ends the live session: the queue closes, and what is in flight or waiting, and
+    /// what was still queued, goes back in order.
+    fn live_state(&mut self) -> LiveState {
         let outgoing = std::mem::replace(&mut self.outgoing, Outgoing::new(1));
         let (inflight, mut pending) = outgoing.into_parts();
-        if let Some(rx) = rx {
-            rx.close();
-            while let Ok(d) = rx.try_recv() {
-                pending.push(d);
-            }
-        }
+        pending.extend(self.queue.close());
         LiveState { inflight, pending, awaiting_rel: self.incoming.awaiting() }
     }
 
     fn detach(&mut self, live: LiveState, will: bool) {
         let msg = DeviceMsg::Detach {
-            conn_id: self.conn_id,
+            conn_id: self.queue.id,
             live,
             will,
             expiry_secs: self.expiry_update,
         };
-        if let Some(a) = self.slot.actor() {
-            if a.cast(msg).is_ok() {
-                return;
-            }
-        }
-        tracing::warn!(message = "device actor gone at detach", client = %self.client);
+        self.ctx.devices.cast(&self.client, Some(&self.slot), msg);
     }
 
-    async fn finish<S: DeviceIo>(
-        &mut self,
-        io: &mut S,
-        end: End,
-        rx: &mut mpsc::Receiver<Delivery>,
-    ) {
+    async fn finish<S: DeviceIo>(&mut self, io: &mut S, end: End) {
         let (reason, label, will) = match &end {
             End::Client { will } => (None, "normal", *will),
             End::Io => (None, "connection_lost", true),
@@ -597,11 +686,10 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         tracing::debug!(message = "client disconnected", client = %self.client, reason = label);
         if !self.delivered.is_empty() {
-            if let Some(a) = self.slot.actor() {
-                let _ = a.cast(DeviceMsg::Delivered(std::mem::take(&mut self.delivered)));
-            }
+            let seqs = std::mem::take(&mut self.delivered);
+            self.ctx.devices.cast(&self.client, Some(&self.slot), DeviceMsg::Delivered(seqs));
         }
-        let live = self.live_state(Some(rx));
+        let live = self.live_state();
         match end {
             End::TakenOver(reply) => {
                 let _ = reply.send(live);

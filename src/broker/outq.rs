@@ -1,0 +1,262 @@
+//! The delivery queue of one connection: what the router and the device actor hand to a
+//! connected session, and the orders (takeover, kick) its device actor gives it.
+//!
+//! It replaces a bounded channel plus a control channel so that an idle connection holds
+//! no buffer at all (the queue allocates on the first delivery and is handed over whole
+//! to the connection on each wake), and so that a full queue pushes back on publishers
+//! instead of dropping what they were promised:
+//!
+//! - the *backlog* is what was accepted for the connection and not yet written: entries
+//!   in the queue plus those the connection holds waiting for a window slot;
+//! - at or above `limit`, a QoS 0 delivery is dropped (at most once allows it; counted by
+//!   the caller) while a QoS 1/2 delivery is still accepted and the caller gets
+//!   [`Offer::Over`]: the publisher's acknowledgement then waits in [`ConnQueue::room`]
+//!   until the backlog falls below the limit. The excess is bounded by the publishers'
+//!   in-flight windows (Receive Maximum, or 65,535 packet ids), so memory stays bounded
+//!   and nothing acknowledged is dropped.
+//!
+//! Must not touch: sockets, MQTT encoding or session state.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::message::Delivery;
+use super::slot::Control;
+use crate::mqtt::QoS;
+
+/// What became of an offered delivery.
+#[derive(Debug)]
+pub enum Offer {
+    /// Queued below the limit.
+    Accepted,
+    /// QoS 1/2 queued at or above the limit: the publisher's acknowledgement should wait
+    /// for [`ConnQueue::room`].
+    Over,
+    /// QoS 0 at or above the limit: dropped.
+    Dropped,
+    /// The connection has ended; the delivery is given back.
+    Closed(Delivery),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<Delivery>,
+    control: Option<Control>,
+    closed: bool,
+}
+
+/// The queue between a session's producers (router, device actor) and its connection.
+#[derive(Debug)]
+pub struct ConnQueue {
+    /// Unique per connection; stale detaches are recognised by it.
+    pub id: u64,
+    limit: usize,
+    inner: Mutex<Inner>,
+    /// Wakes the connection: a delivery or an order arrived.
+    wake: Notify,
+    /// Wakes publishers waiting for the backlog to fall below the limit.
+    room: Notify,
+    /// A publisher waits in [`ConnQueue::room`].
+    room_wanted: AtomicBool,
+    /// Deliveries the connection holds and has not written (its waiting list).
+    held: AtomicUsize,
+}
+
+impl ConnQueue {
+    pub fn new(id: u64, limit: usize) -> Self {
+        ConnQueue {
+            id,
+            limit: limit.max(1),
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            room: Notify::new(),
+            room_wanted: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Offers one delivery (router and device actor).
+    pub fn offer(&self, d: Delivery) -> Offer {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Offer::Closed(d);
+        }
+        let over = inner.items.len() + self.held.load(Ordering::Acquire) >= self.limit;
+        if over && d.qos == QoS::AtMostOnce {
+            return Offer::Dropped;
+        }
+        let was_empty = inner.items.is_empty();
+        inner.items.push_back(d);
+        drop(inner);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        if over {
+            Offer::Over
+        } else {
+            Offer::Accepted
+        }
+    }
+
+    /// Gives the connection an order. False if it has already ended.
+    pub fn order(&self, c: Control) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.control = Some(c);
+        drop(inner);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Resolves when the backlog is below the limit or the connection has ended.
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.room_wanted.store(true, Ordering::SeqCst);
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.closed || inner.items.len() + self.held.load(Ordering::SeqCst) < self.limit
+    }
+
+    /// Connection side: waits until something arrived (a stored wake-up counts).
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Connection side: takes every queued delivery (the queue keeps no buffer) and the
+    /// pending order, if any.
+    pub fn take(&self) -> (VecDeque<Delivery>, Option<Control>) {
+        let mut inner = self.inner.lock();
+        (std::mem::take(&mut inner.items), inner.control.take())
+    }
+
+    /// Connection side: after a wake, how many deliveries it still holds unwritten.
+    /// Wakes waiting publishers once the backlog is below the limit.
+    pub fn settle(&self, held: usize) {
+        self.held.store(held, Ordering::SeqCst);
+        if self.room_wanted.load(Ordering::SeqCst) && self.has_room() {
+            self.room_wanted.store(false, Ordering::SeqCst);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Connection side: the connection ends. Later offers are given back; waiting
+    /// publishers are released. Returns what was still queued, in order.
+    pub fn close(&self) -> VecDeque<Delivery> {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.control = None;
+        let rest = std::mem::take(&mut inner.items);
+        drop(inner);
+        self.held.store(0, Ordering::SeqCst);
+        self.room.notify_waiters();
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::broker::Message;
+
+    fn d(qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                props: Default::default(),
+                expires_at_ms: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+            seq: None,
+            shared: None,
+        }
+    }
+
+    #[test]
+    fn qos0_drops_and_qos1_goes_over_at_the_limit() {
+        let q = ConnQueue::new(1, 2);
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Accepted));
+        assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Accepted));
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
+        assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Over));
+        let (items, ctl) = q.take();
+        assert_eq!(items.len(), 3);
+        assert!(ctl.is_none());
+        // What the connection still holds counts towards the limit.
+        q.settle(2);
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
+        q.settle(1);
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Accepted));
+    }
+
+    #[test]
+    fn an_idle_queue_holds_no_buffer() {
+        let q = ConnQueue::new(1, 8);
+        q.offer(d(QoS::AtLeastOnce));
+        let (items, _) = q.take();
+        assert_eq!(items.len(), 1);
+        assert_eq!(q.inner.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn closed_queue_gives_deliveries_back_and_refuses_orders() {
+        let q = ConnQueue::new(1, 8);
+        q.offer(d(QoS::AtLeastOnce));
+        assert_eq!(q.close().len(), 1);
+        assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Closed(_)));
+        assert!(!q.order(Control::Kick(crate::mqtt::ReasonCode::AdministrativeAction)));
+    }
+
+    #[test]
+    fn publishers_wait_for_room_and_are_released_by_settle_or_close() {
+        let q = ConnQueue::new(1, 1);
+        q.offer(d(QoS::AtLeastOnce));
+        assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Over));
+        let mut wait = std::pin::pin!(q.room());
+        assert!(wait.as_mut().now_or_never().is_none(), "no room yet");
+        let (items, _) = q.take();
+        assert_eq!(items.len(), 2);
+        q.settle(1);
+        assert!(wait.as_mut().now_or_never().is_none(), "one still held: backlog 1 of 1");
+        q.settle(0);
+        assert!(wait.as_mut().now_or_never().is_some(), "released once below the limit");
+
+        q.offer(d(QoS::AtLeastOnce));
+        let mut wait = std::pin::pin!(q.room());
+        assert!(wait.as_mut().now_or_never().is_none());
+        q.close();
+        assert!(wait.as_mut().now_or_never().is_some(), "released by close");
+    }
+
+    #[test]
+    fn a_wake_before_the_wait_is_not_lost() {
+        let q = ConnQueue::new(1, 8);
+        q.offer(d(QoS::AtMostOnce));
+        assert!(std::pin::pin!(q.ready()).now_or_never().is_some(), "stored wake-up");
+    }
+}
