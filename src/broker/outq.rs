@@ -18,8 +18,11 @@
 //! Must not touch: sockets, MQTT encoding or session state.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -55,8 +58,11 @@ pub struct ConnQueue {
     pub id: u64,
     limit: usize,
     inner: Mutex<Inner>,
-    /// Wakes the connection: a delivery or an order arrived.
-    wake: Notify,
+    /// Wakes the connection: a delivery or an order arrived. A flag and an atomic waker
+    /// (no lock, nothing to register per wait) as in tokio's channels: the connection
+    /// waits for this on every turn of its loop.
+    woken: AtomicBool,
+    waker: AtomicWaker,
     /// Wakes publishers waiting for the backlog to fall below the limit.
     room: Notify,
     /// A publisher waits in [`ConnQueue::room`].
@@ -71,7 +77,8 @@ impl ConnQueue {
             id,
             limit: limit.max(1),
             inner: Mutex::new(Inner::default()),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             room: Notify::new(),
             room_wanted: AtomicBool::new(false),
             held: AtomicUsize::new(0),
@@ -92,7 +99,7 @@ impl ConnQueue {
         inner.items.push_back(d);
         drop(inner);
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         if over {
             Offer::Over
@@ -109,8 +116,13 @@ impl ConnQueue {
         }
         inner.control = Some(c);
         drop(inner);
-        self.wake.notify_one();
+        self.wake();
         true
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Resolves when the backlog is below the limit or the connection has ended.
@@ -132,9 +144,21 @@ impl ConnQueue {
         inner.closed || inner.items.len() + self.held.load(Ordering::SeqCst) < self.limit
     }
 
-    /// Connection side: waits until something arrived (a stored wake-up counts).
+    /// Connection side: waits until something arrived (a wake-up before the wait counts).
+    /// One waiter only: the connection.
     pub async fn ready(&self) {
-        self.wake.notified().await
+        poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.woken.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Connection side: takes every queued delivery (the queue keeps no buffer) and the
