@@ -21,16 +21,7 @@ const N: usize = 200;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_subscriber_holds_qos1_publishers_instead_of_dropping() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.mqtt.outbound_queue = LIMIT;
-    let node = homeport::node::Node::start(cfg).await.unwrap();
-
-    // A v5 subscriber with a window of one that does not acknowledge for now.
-    let mut sub = Raw::open(&node).await;
-    let props = Properties { receive_maximum: Some(1), ..Default::default() };
-    sub.connect("flow-sub", Protocol::V5, props).await;
-    sub.send(&raw::subscribe(1, &[("flow/#", QoS::AtLeastOnce)], None)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let (node, mut sub) = node_with_slow_subscriber(dir.path(), "flow-sub", "flow/#").await;
 
     let mut o = MqttOptions::new("flow-pub", "127.0.0.1", port(&node));
     o.set_inflight(100);
@@ -84,16 +75,8 @@ async fn a_full_subscriber_holds_qos1_publishers_instead_of_dropping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_beyond_the_backlog_limit_is_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.mqtt.outbound_queue = LIMIT;
-    let node = homeport::node::Node::start(cfg).await.unwrap();
-
     // The window (one QoS 1 message never acknowledged) blocks what follows it.
-    let mut sub = Raw::open(&node).await;
-    let props = Properties { receive_maximum: Some(1), ..Default::default() };
-    sub.connect("flow0-sub", Protocol::V5, props).await;
-    sub.send(&raw::subscribe(1, &[("f0/#", QoS::AtLeastOnce)], None)).await;
-    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let (node, mut sub) = node_with_slow_subscriber(dir.path(), "flow0-sub", "f0/#").await;
     let mut publ = Raw::open(&node).await;
     publ.connect("flow0-pub", Protocol::V5, Properties::default()).await;
     for pkid in 1..=(LIMIT as u16 + 1) {
@@ -221,6 +204,24 @@ async fn stored_messages_are_acknowledged_through_a_successor_actor() {
         "an acknowledged message is not sent again"
     );
     node.shutdown().await.unwrap();
+}
+
+/// A node with a backlog limit of [`LIMIT`] and a v5 subscriber to `filter` with a window
+/// of one, which does not acknowledge until the test says so.
+async fn node_with_slow_subscriber(
+    dir: &std::path::Path,
+    id: &str,
+    filter: &str,
+) -> (homeport::node::Node, Raw) {
+    let mut cfg = config(dir);
+    cfg.mqtt.outbound_queue = LIMIT;
+    let node = homeport::node::Node::start(cfg).await.unwrap();
+    let mut sub = Raw::open(&node).await;
+    let props = Properties { receive_maximum: Some(1), ..Default::default() };
+    sub.connect(id, Protocol::V5, props).await;
+    sub.send(&raw::subscribe(1, &[(filter, QoS::AtLeastOnce)], None)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    (node, sub)
 }
 
 /// Waits until no device actor runs (connected sessions' actors retire when idle).

@@ -140,3 +140,24 @@ pub fn app_properties(p: &Properties) -> Properties {
         ..Properties::default()
     }
 }
+
+/// A delivery of a one-byte message on topic `t`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_delivery(qos: QoS, byte: u8) -> Delivery {
+    Delivery {
+        msg: Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![byte]),
+            qos,
+            retain: false,
+            props: Default::default(),
+            expires_at_ms: None,
+            origin: None,
+        }),
+        qos,
+        retain: false,
+        sub_ids: vec![],
+        seq: None,
+        shared: None,
+    }
+}

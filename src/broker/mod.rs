@@ -14,6 +14,8 @@ mod router;
 mod slot;
 pub mod trie;
 
+#[cfg(test)]
+pub(crate) use message::test_delivery;
 pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
 pub use outq::{ConnQueue, Offer};
 pub use retained::Retained;

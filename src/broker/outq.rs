@@ -194,31 +194,13 @@ impl ConnQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
     use futures_util::FutureExt;
 
     use super::*;
-    use crate::broker::Message;
+    use crate::broker::test_delivery;
 
     fn d(qos: QoS) -> Delivery {
-        Delivery {
-            msg: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(b"x"),
-                qos,
-                retain: false,
-                props: Default::default(),
-                expires_at_ms: None,
-                origin: None,
-            }),
-            qos,
-            retain: false,
-            sub_ids: vec![],
-            seq: None,
-            shared: None,
-        }
+        test_delivery(qos, 0)
     }
 
     #[test]

@@ -201,30 +201,12 @@ impl Outgoing {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
 
     use super::*;
-    use crate::broker::Message;
+    use crate::broker::test_delivery;
 
     fn d(qos: QoS, n: u8) -> Delivery {
-        Delivery {
-            msg: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from(vec![n]),
-                qos,
-                retain: false,
-                props: Default::default(),
-                expires_at_ms: None,
-                origin: None,
-            }),
-            qos,
-            retain: false,
-            sub_ids: vec![],
-            seq: None,
-            shared: None,
-        }
+        test_delivery(qos, n)
     }
 
     #[test]
