@@ -73,31 +73,41 @@ async fn a_full_subscriber_holds_qos1_publishers_instead_of_dropping() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos0_beyond_the_backlog_limit_is_dropped_and_counted() {
+async fn qos0_over_the_limit_pauses_the_publisher_and_drops_at_twice_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    // The window (one QoS 1 message never acknowledged) blocks what follows it.
+    // The subscriber does not read: once the socket buffers are full, the broker cannot
+    // write to it and its backlog grows.
     let (node, mut sub) = node_with_slow_subscriber(dir.path(), "flow0-sub", "f0/#").await;
+    const SENT: usize = 400;
+    let payload = "x".repeat(64 * 1024);
     let mut publ = Raw::open(&node).await;
     publ.connect("flow0-pub", Protocol::V5, Properties::default()).await;
-    for pkid in 1..=(LIMIT as u16 + 1) {
-        publ.send(&raw::publish("f0/q1", QoS::AtLeastOnce, pkid, "q1")).await;
-    }
-    // QoS 0 goes straight out while the backlog is below its limit, so fill it first:
-    // wait until the QoS 1 messages are acknowledged (below the limit) or held.
-    let mut acks = 0;
-    while acks < LIMIT {
-        if let Some(Packet::PubAck(_)) = publ.recv().await {
-            acks += 1;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..SENT {
+            publ.send(&raw::publish("f0/big", QoS::AtMostOnce, 0, &payload)).await;
         }
-    }
-    for _ in 0..5 {
-        publ.send(&raw::publish("f0/q0", QoS::AtMostOnce, 0, "q0")).await;
-    }
-    let dropped =
-        metric_reaches(&node, "homeport_messages_dropped_total{reason=\"queue_full\"}", 5.0).await;
-    assert_eq!(dropped, 5.0, "QoS 0 over the limit is dropped and counted");
-    let first = sub.next_publish(false).await;
-    assert_eq!(first.qos, QoS::AtLeastOnce);
+        // Packets are handled in order: the answer means every publish was routed.
+        publ.send(&Packet::PingReq).await;
+        while !matches!(publ.recv().await, Some(Packet::PingResp)) {}
+    });
+    let dropped_metric = "homeport_messages_dropped_total{reason=\"queue_full\"}";
+    assert!(metric_reaches(&node, dropped_metric, 1.0).await >= 1.0, "drops at 2x the limit");
+    // Between the limit and twice the limit the publisher's reading pauses first.
+    assert!(metric(&node, "homeport_publisher_pauses_total").await >= LIMIT as f64);
+    // The subscriber reads again: everything not dropped arrives, and the publisher
+    // (paused while the backlog was full) finishes.
+    let mut received = 0;
+    let dropped = loop {
+        let p = sub.next_publish(true).await;
+        assert_eq!(p.payload.len(), 64 * 1024);
+        received += 1;
+        let d = metric(&node, dropped_metric).await as usize;
+        if received + d == SENT {
+            break d;
+        }
+    };
+    tokio::time::timeout(WAIT, publisher).await.expect("publisher finishes").unwrap();
+    assert!(dropped < SENT - 2 * LIMIT, "only what overflowed twice the limit is dropped");
     node.shutdown().await.unwrap();
 }
 

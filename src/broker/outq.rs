@@ -8,12 +8,15 @@
 //!
 //! - the *backlog* is what was accepted for the connection and not yet written: entries
 //!   in the queue plus those the connection holds waiting for a window slot;
-//! - at or above `limit`, a QoS 0 delivery is dropped (at most once allows it; counted by
-//!   the caller) while a QoS 1/2 delivery is still accepted and the caller gets
+//! - at or above `limit`, a QoS 1/2 delivery is still accepted and the caller gets
 //!   [`Offer::Over`]: the publisher's acknowledgement then waits in [`ConnQueue::room`]
 //!   until the backlog falls below the limit. The excess is bounded by the publishers'
 //!   in-flight windows (Receive Maximum, or 65,535 packet ids), so memory stays bounded
-//!   and nothing acknowledged is dropped.
+//!   and nothing acknowledged is dropped;
+//! - a QoS 0 delivery at or above `limit` is accepted with [`Offer::Over`] too, and the
+//!   publisher's connection stops reading its socket until there is room (for at most a
+//!   short while, so two clients publishing to each other cannot stall for good); at
+//!   twice the limit it is dropped (at most once allows it; counted by the caller).
 //!
 //! Must not touch: sockets, MQTT encoding or session state.
 
@@ -35,10 +38,10 @@ use crate::mqtt::QoS;
 pub enum Offer {
     /// Queued below the limit.
     Accepted,
-    /// QoS 1/2 queued at or above the limit: the publisher's acknowledgement should wait
-    /// for [`ConnQueue::room`].
+    /// Queued at or above the limit: the publisher's acknowledgement (QoS 1/2) or its
+    /// reading (QoS 0) should wait for [`ConnQueue::room`].
     Over,
-    /// QoS 0 at or above the limit: dropped.
+    /// QoS 0 at or above twice the limit: dropped.
     Dropped,
     /// The connection has ended; the delivery is given back.
     Closed(Delivery),
@@ -91,8 +94,9 @@ impl ConnQueue {
         if inner.closed {
             return Offer::Closed(d);
         }
-        let over = inner.items.len() + self.held.load(Ordering::Acquire) >= self.limit;
-        if over && d.qos == QoS::AtMostOnce {
+        let backlog = inner.items.len() + self.held.load(Ordering::Acquire);
+        let over = backlog >= self.limit;
+        if d.qos == QoS::AtMostOnce && backlog >= self.limit.saturating_mul(2) {
             return Offer::Dropped;
         }
         let was_empty = inner.items.is_empty();
@@ -204,18 +208,23 @@ mod tests {
     }
 
     #[test]
-    fn qos0_drops_and_qos1_goes_over_at_the_limit() {
+    fn over_the_limit_both_wait_and_qos0_drops_at_twice_the_limit() {
         let q = ConnQueue::new(1, 2);
         assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Accepted));
         assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Accepted));
-        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Over));
         assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Over));
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
+        assert!(matches!(q.offer(d(QoS::AtLeastOnce)), Offer::Over), "QoS 1 never dropped");
         let (items, ctl) = q.take();
-        assert_eq!(items.len(), 3);
+        assert_eq!(items.len(), 5);
         assert!(ctl.is_none());
         // What the connection still holds counts towards the limit.
-        q.settle(2);
+        q.settle(4);
         assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
+        q.settle(2);
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Over));
+        q.take();
         q.settle(1);
         assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Accepted));
     }

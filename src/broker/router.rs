@@ -280,7 +280,8 @@ impl Router {
                         Offer::Accepted => return journaled,
                         Offer::Over => {
                             // Queued above the limit: the publisher's acknowledgement
-                            // waits until this subscriber has room (flow control).
+                            // (QoS 1/2) or its reading (QoS 0) waits until this
+                            // subscriber has room (flow control).
                             self.metrics.backpressure_waits.inc();
                             acks.push(AckWait::Room(conn.clone()));
                             return journaled;

@@ -112,9 +112,11 @@ pub struct Metrics {
     pub shared_redispatched: IntCounter,
     /// Storage writes that failed where the message still went on (journal writes).
     pub storage_errors: IntCounter,
-    /// QoS 1/2 deliveries queued above a subscriber's limit whose publisher's
-    /// acknowledgement waited for room (flow control).
+    /// Deliveries queued above a subscriber's backlog limit: a QoS 1/2 publisher's
+    /// acknowledgement, or a QoS 0 publisher's reading, waited for room (flow control).
     pub backpressure_waits: IntCounter,
+    /// Times a QoS 0 publisher's reading paused for a full subscriber.
+    pub publisher_pauses: IntCounter,
 }
 
 impl Metrics {
@@ -224,9 +226,13 @@ impl Metrics {
                 "homeport_shared_redispatched_total",
                 "Unacknowledged shared-subscription messages handed to another member",
             ),
+            publisher_pauses: counter(
+                "homeport_publisher_pauses_total",
+                "Times a QoS 0 publisher's reading paused because a subscriber's backlog was full",
+            ),
             backpressure_waits: counter(
                 "homeport_backpressure_waits_total",
-                "QoS 1/2 deliveries whose publisher acknowledgement waited for subscriber room",
+                "Deliveries queued above a subscriber's backlog limit (the publisher waits for room)",
             ),
             registry,
         };

@@ -16,7 +16,7 @@ use super::handshake::{self, Negotiated, Refused};
 use super::outbound::Outbound;
 use super::{ConnCtx, DeviceIo, Peer};
 use crate::broker::{
-    app_properties, now_ms, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
+    app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
 use crate::device::{AttachRequest, DeviceMsg};
 use crate::mqtt::{
@@ -41,6 +41,15 @@ struct AckDone {
 
 /// An acknowledgement that waits for durable writes or for room at subscribers.
 type OwedAck = Pin<Box<dyn Future<Output = AckDone> + Send>>;
+
+/// A pause in reading a QoS 0 publisher: until its full subscribers have room, or
+/// [`MAX_PAUSE`] at the most.
+type Pause = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The longest a publisher's reading pauses for one full subscriber. Bounded, so two
+/// clients publishing to each other's full backlogs cannot stall each other for good;
+/// after it, their QoS 0 messages are dropped at twice the backlog limit.
+const MAX_PAUSE: Duration = Duration::from_millis(200);
 
 /// A packet that needs the device actor.
 enum DeviceCall {
@@ -86,6 +95,9 @@ struct Conn {
     /// requires that order). Only the front is polled: what the others wait for happens
     /// on its own, so each is ready or nearly so when its turn comes.
     owed: VecDeque<OwedAck>,
+    /// Reading is paused: a QoS 0 message found a subscriber's backlog full (flow
+    /// control, as for QoS 1/2 through the window; see `broker/outq.rs`).
+    paused: Option<Pause>,
     /// Offline-queue entries completed since the last report to the actor.
     delivered: Vec<u64>,
     expiry_update: Option<u32>,
@@ -170,6 +182,7 @@ async fn open<S: DeviceIo>(
         incoming: Incoming::new(ctx.cfg.mqtt.receive_maximum, reply.awaiting_rel.iter().copied()),
         in_aliases: HashMap::new(),
         owed: VecDeque::new(),
+        paused: None,
         delivered: Vec::new(),
         expiry_update: None,
         ctx: ctx.clone(),
@@ -201,6 +214,14 @@ async fn open<S: DeviceIo>(
         conn.deliver(d);
     }
     Some(conn)
+}
+
+/// The end of a pause in reading; never resolves when not paused.
+async fn pause_end(paused: &mut Option<Pause>) {
+    match paused {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The front owed acknowledgement, once ready; never resolves when none is owed.
@@ -269,6 +290,7 @@ impl Conn {
             // What waits for a window slot counts towards the backlog limit.
             self.queue.settle(self.outgoing.pending_len());
             let queue = self.queue.clone();
+            let reading = self.paused.is_none();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return End::Shutdown,
@@ -292,11 +314,18 @@ impl Conn {
                         return end;
                     }
                 }
+                () = pause_end(&mut self.paused) => {
+                    self.paused = None;
+                    // What was read before the pause, first.
+                    if let Err(end) = self.on_input(&mut rbuf).await {
+                        return end;
+                    }
+                }
                 read = async {
                     io.wait_readable().await?;
                     rbuf.reserve(READ_CHUNK);
                     io.read_buf(&mut rbuf).await
-                } => {
+                }, if reading => {
                     match read {
                         Ok(0) | Err(_) => return End::Io,
                         Ok(_) => {}
@@ -346,6 +375,10 @@ impl Conn {
                     self.ctx.metrics.packet_in(first.unwrap_or(0), d.size);
                     if let Some(call) = self.on_packet(d.packet)? {
                         return Ok(Some(call));
+                    }
+                    if self.paused.is_some() {
+                        // The rest waits in the buffer until the pause ends.
+                        return Ok(None);
                     }
                 }
                 Ok(None) => return Ok(None),
@@ -499,8 +532,11 @@ impl Conn {
         });
         let routed = self.ctx.router.publish(msg);
         if p.qos == QoS::AtMostOnce {
-            if let Err(e) = routed {
-                tracing::error!(message = "publish not stored", error = %e);
+            match routed {
+                // A subscriber's backlog is full: stop reading this client for a while.
+                Ok(r) if !r.acks.is_empty() => self.pause(r.acks),
+                Ok(_) => {}
+                Err(e) => tracing::error!(message = "publish not stored", error = %e),
             }
             return Ok(());
         }
@@ -533,6 +569,20 @@ impl Conn {
             AckDone { pkid, qos, reason, owed: true }
         }));
         Ok(())
+    }
+
+    /// Stops reading until `waits` (room at full subscribers) are over, or for
+    /// [`MAX_PAUSE`].
+    fn pause(&mut self, waits: Vec<AckWait>) {
+        self.ctx.metrics.publisher_pauses.inc();
+        self.paused = Some(Box::pin(async move {
+            let _ = tokio::time::timeout(MAX_PAUSE, async {
+                for w in waits {
+                    let _ = w.wait().await;
+                }
+            })
+            .await;
+        }));
     }
 
     /// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) for a routed PUBLISH.
