@@ -106,7 +106,8 @@ pub enum DeviceMsg {
     FireWill,
     /// Timer: end the session if it has expired.
     Expire,
-    /// Timer: retire if nothing happened for `actor_idle_secs`.
+    /// Timer: retire if idle long enough (`actor_idle_connected_ms` while a connection is
+    /// attached, else `actor_idle_secs`).
     IdleCheck,
     /// Fault injection for tests and chaos runs: the actor panics.
     InjectPanic,
@@ -196,7 +197,10 @@ impl Devices {
             Some(a) => match a.cast(msg) {
                 Ok(()) => return,
                 Err(MessagingErr::SendErr(m)) => m,
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!(message = "device actor message lost", client = %client, error = %e);
+                    return;
+                }
             },
             None => msg,
         };
