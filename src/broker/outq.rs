@@ -169,7 +169,11 @@ impl ConnQueue {
     /// pending order, if any.
     pub fn take(&self) -> (VecDeque<Delivery>, Option<Control>) {
         let mut inner = self.inner.lock();
-        (std::mem::take(&mut inner.items), inner.control.take())
+        let items = std::mem::take(&mut inner.items);
+        // Still the connection's backlog until it settles: counted as held meanwhile, so
+        // offers in between do not see room that is not there.
+        self.held.fetch_add(items.len(), Ordering::SeqCst);
+        (items, inner.control.take())
     }
 
     /// Connection side: after a wake, how many deliveries it still holds unwritten.
@@ -219,6 +223,8 @@ mod tests {
         let (items, ctl) = q.take();
         assert_eq!(items.len(), 5);
         assert!(ctl.is_none());
+        // Taken but not yet settled: still the backlog.
+        assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));
         // What the connection still holds counts towards the limit.
         q.settle(4);
         assert!(matches!(q.offer(d(QoS::AtMostOnce)), Offer::Dropped));

@@ -289,13 +289,12 @@ impl Conn {
             }
             // What waits for a window slot counts towards the backlog limit.
             self.queue.settle(self.outgoing.pending_len());
-            let queue = self.queue.clone();
             let reading = self.paused.is_none();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return End::Shutdown,
-                _ = queue.ready() => {
-                    let (items, control) = queue.take();
+                _ = self.queue.ready() => {
+                    let (items, control) = self.queue.take();
                     if let Some(c) = control {
                         // Not sent on this connection: they go with the live state.
                         self.outgoing.hold(items);
