@@ -5,6 +5,7 @@
 //! - [`broker`]: subscription trie, router, retained messages, session routing slots.
 //! - [`session`]: pure session state machines and the persisted session record.
 //! - [`device`]: device actors (one per client id) and their supervisor.
+//! - [`raft`]: openraft groups (meta and shards) on sled: durable device state.
 //! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
@@ -20,6 +21,7 @@ pub mod device;
 pub mod loadgen;
 pub mod mqtt;
 pub mod node;
+pub mod raft;
 pub mod session;
 pub mod store;
 pub mod telemetry;

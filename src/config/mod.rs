@@ -35,6 +35,8 @@ pub struct Config {
     pub listeners: ListenersConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub raft: RaftConfig,
+    pub shadow: ShadowConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +183,52 @@ impl Default for AdminConfig {
     }
 }
 
+/// The Raft groups that hold durable device state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// This node's Raft id (non-zero, unique in the cluster).
+    pub node_id: u64,
+    /// Shard groups; fixed when the data directory is first created.
+    pub shards: u32,
+    /// Build a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind the latest snapshot (for slow followers).
+    pub keep_logs: u64,
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout; the upper bound is twice this.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            shards: 16,
+            snapshot_after_logs: 10_000,
+            keep_logs: 1_000,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+        }
+    }
+}
+
+/// Device shadows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Largest shadow document (state and metadata, as stored), in bytes.
+    pub max_document_bytes: usize,
+    /// Named shadows one thing may have (the classic shadow not counted).
+    pub max_named_shadows: usize,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self { max_document_bytes: 8 * 1024, max_named_shadows: 64 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -246,6 +294,25 @@ impl Config {
         }
         if m.outbound_queue == 0 {
             return Err(invalid("mqtt.outbound_queue", "must be at least 1"));
+        }
+        let r = &self.raft;
+        if r.node_id == 0 {
+            return Err(invalid("raft.node_id", "must not be 0"));
+        }
+        if r.shards == 0 || r.shards > 4096 {
+            return Err(invalid("raft.shards", "must be between 1 and 4096"));
+        }
+        if r.snapshot_after_logs == 0 {
+            return Err(invalid("raft.snapshot_after_logs", "must be at least 1"));
+        }
+        if r.heartbeat_ms == 0 || r.election_timeout_ms <= r.heartbeat_ms {
+            return Err(invalid(
+                "raft.election_timeout_ms",
+                "must be larger than raft.heartbeat_ms, which must be at least 1",
+            ));
+        }
+        if self.shadow.max_document_bytes < 256 {
+            return Err(invalid("shadow.max_document_bytes", "must be at least 256"));
         }
         if m.max_subscriptions_per_client == 0 {
             return Err(invalid("mqtt.max_subscriptions_per_client", "must be at least 1"));

@@ -104,6 +104,11 @@ impl Store {
         rx
     }
 
+    /// The database, for subsystems that keep their own trees in it (the Raft groups).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// A future that resolves when every clone of this store is dropped and the database
     /// is closed (its directory can be opened again).
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {

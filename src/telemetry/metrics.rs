@@ -117,6 +117,12 @@ pub struct Metrics {
     pub backpressure_waits: IntCounter,
     /// Times a QoS 0 publisher's reading paused for a full subscriber.
     pub publisher_pauses: IntCounter,
+    /// Commands proposed to Raft groups, by outcome (`applied`, `conflict`, `error`).
+    pub raft_writes: IntCounterVec,
+    /// Time from proposing a command to its being applied.
+    pub raft_write_seconds: Histogram,
+    /// Shadow requests by operation and outcome (`accepted`, or the rejection code).
+    pub shadow_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -233,6 +239,21 @@ impl Metrics {
             backpressure_waits: counter(
                 "homeport_backpressure_waits_total",
                 "Deliveries queued above a subscriber's backlog limit (the publisher waits for room)",
+            ),
+            raft_writes: counter_vec(
+                "homeport_raft_writes_total",
+                "Commands proposed to Raft groups, by outcome",
+                &["result"],
+            ),
+            raft_write_seconds: histogram(
+                "homeport_raft_write_seconds",
+                "Time from proposing a Raft command to its being applied",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            shadow_requests: counter_vec(
+                "homeport_shadow_requests_total",
+                "Shadow requests by operation and outcome (accepted or the rejection code)",
+                &["op", "result"],
             ),
             registry,
         };

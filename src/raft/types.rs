@@ -1,0 +1,59 @@
+//! The Raft type configuration shared by every group, and the commands the groups apply.
+//!
+//! Commands are data, not code: the state machine applies them deterministically, so every
+//! replica that applies the same log holds the same state. Each command names the version
+//! it expects to replace (compare-and-set), which keeps a stale writer (an actor on a node
+//! that lost leadership, say) from overwriting a newer value.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Type configuration of every Homeport Raft group (meta and shards).
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft group's handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Index of a Raft group on a node: 0 is the meta group, 1..=S are the shards.
+pub type GroupId = u32;
+
+/// The stored form of a shadow (see `crate::shadow`): the document as JSON text (postcard
+/// cannot carry free-form JSON), its version, and when it was last written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredShadow {
+    pub version: u64,
+    /// Milliseconds since the Unix epoch of the last accepted write.
+    pub updated_ms: u64,
+    /// `None` once deleted: the tombstone keeps the version so that a shadow created again
+    /// soon after continues from it, as AWS IoT does.
+    pub doc: Option<String>,
+}
+
+/// A command for a group's state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Writes (or with `value.doc == None`, deletes) one shadow, if its stored version is
+    /// still `expect` (`None`: no shadow record at all).
+    PutShadow { thing: String, name: String, expect: Option<u64>, value: StoredShadow },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Blank and membership entries.
+    Empty,
+    /// The write was applied.
+    Applied,
+    /// The stored version was not the expected one; nothing changed.
+    Conflict { found: Option<u64> },
+}
