@@ -6,6 +6,7 @@
 //! - [`session`]: pure session state machines and the persisted session record.
 //! - [`device`]: device actors (one per client id) and their supervisor.
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state.
+//! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
@@ -23,6 +24,7 @@ pub mod mqtt;
 pub mod node;
 pub mod raft;
 pub mod session;
+pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
