@@ -175,3 +175,47 @@ async fn sigterm_disconnects_with_0x8b_flushes_and_exits_zero() {
     assert!(p.retain);
     assert_eq!(&p.payload[..], b"kept");
 }
+
+/// A shadow update answered `accepted` is on disk: `kill -9` right after loses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_accepted_shadow_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Proc::spawn(dir.path());
+    let base = "$aws/things/meter-1/shadow";
+    let (c, mut ev) = client("meter-1", node.mqtt, true);
+    connack(&mut ev).await;
+    const N: u64 = 25;
+    for i in 1..=N {
+        let body = format!(r#"{{"state":{{"reported":{{"reading":{i}}}}}}}"#);
+        c.publish(format!("{base}/update"), QoS::AtLeastOnce, false, body).await.unwrap();
+    }
+    let mut accepted = 0;
+    until(&mut ev, |e| {
+        if let Event::Incoming(RPacket::Publish(p)) = e {
+            assert_eq!(p.topic, format!("{base}/update/accepted"));
+            accepted += 1;
+            let _ = c.try_ack(p);
+        }
+        (accepted == N).then_some(())
+    })
+    .await;
+    let mut node = node;
+    node.child.kill().expect("SIGKILL");
+    node.child.wait().unwrap();
+    drop((c, ev));
+
+    let node = Proc::spawn(dir.path());
+    let (c, mut ev) = client("meter-1", node.mqtt, true);
+    connack(&mut ev).await;
+    c.publish(format!("{base}/get"), QoS::AtLeastOnce, false, "").await.unwrap();
+    let doc: serde_json::Value = until(&mut ev, |e| match e {
+        Event::Incoming(RPacket::Publish(p)) => {
+            let _ = c.try_ack(p);
+            Some(serde_json::from_slice(&p.payload).unwrap())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(doc["version"], N);
+    assert_eq!(doc["state"]["reported"]["reading"], N);
+}

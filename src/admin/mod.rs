@@ -1,7 +1,11 @@
-//! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
+//! shadows under `/api/things/{thing}/shadow` ([`shadows`]).
 //!
-//! Owns: the HTTP surface for operators. Must not touch: broker internals beyond reading
-//! metrics and readiness. Errors are JSON bodies `{"code": ..., "message": ...}`.
+//! Owns: the HTTP surface for operators and applications. Must not touch: broker
+//! internals beyond reading metrics and readiness; device state changes go to the device
+//! actors. Errors are JSON bodies `{"code": ..., "message": ...}`.
+
+mod shadows;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::device::Devices;
 use crate::telemetry::Metrics;
 
 /// What the admin handlers read.
@@ -23,6 +28,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set once every listener is bound and sessions are restored; cleared at shutdown.
     pub ready: Arc<AtomicBool>,
+    /// Where shadow requests go.
+    pub devices: Arc<Devices>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -54,6 +61,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/api/things/{thing}/shadow",
+            get(shadows::get).post(shadows::update).delete(shadows::delete),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -119,6 +119,37 @@ impl Router {
 
     /// Routes a message to every matching subscriber and updates retained state.
     pub fn publish(&self, msg: Arc<Message>) -> Result<Routed, StoreError> {
+        self.publish_to(msg, None)
+    }
+
+    /// Publishes a broker-made reply (shadow `accepted`, `delta`, ...; QoS 1, JSON) to its
+    /// subscribers and, if given, to `requester` even when it has no matching
+    /// subscription (as AWS IoT answers reserved-topic requests).
+    pub fn publish_reply(
+        &self,
+        topic: &str,
+        payload: &serde_json::Value,
+        requester: Option<&Arc<SessionSlot>>,
+    ) {
+        let msg = Arc::new(Message {
+            topic: Arc::from(topic),
+            payload: bytes::Bytes::from(payload.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: Default::default(),
+            expires_at_ms: None,
+            origin: None,
+        });
+        if let Err(e) = self.publish_to(msg, requester) {
+            tracing::error!(message = "reply not published", topic, error = %e);
+        }
+    }
+
+    fn publish_to(
+        &self,
+        msg: Arc<Message>,
+        requester: Option<&Arc<SessionSlot>>,
+    ) -> Result<Routed, StoreError> {
         let mut routed = Routed::default();
         if msg.retain {
             self.retain(&msg)?;
@@ -165,6 +196,18 @@ impl Router {
                         shared: m.group,
                     });
                 }
+            }
+        }
+        if let Some(slot) = requester {
+            if !per_session.iter().any(|e| Arc::ptr_eq(&e.slot, slot)) {
+                per_session.push(PerSession {
+                    slot: slot.clone(),
+                    qos: msg.qos,
+                    rap: false,
+                    sub_ids: Vec::new(),
+                    direct: true,
+                    shared: None,
+                });
             }
         }
         routed.matched = per_session.len();

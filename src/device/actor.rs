@@ -1,4 +1,5 @@
-//! The device actor: single writer of one session's durable state.
+//! The device actor: single writer of one device's durable state (its session and its
+//! shadows, which it writes through its shard's Raft group).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use crate::broker::{now_ms, Control, Delivery, LiveState, Offer, SessionSlot, St
 use crate::config::QueuePolicy;
 use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
 use crate::session::{SessionRecord, Stage, StoredInflight, StoredSubscription};
+use crate::shadow::ShadowCache;
 use crate::store::StoreError;
 use crate::telemetry::DropReason;
 
@@ -55,6 +57,8 @@ pub struct DeviceState {
     /// The actor has handed its slot back and is draining its mailbox: whatever it still
     /// gets goes to its successor through the supervisor.
     retired: bool,
+    /// Shadows read or written while this actor runs (their state is in the shard).
+    shadows: ShadowCache,
 }
 
 impl DeviceState {
@@ -519,6 +523,7 @@ impl Actor for DeviceActor {
             last_active: Instant::now(),
             idle_timer: None,
             retired: false,
+            shadows: ShadowCache::new(),
         };
         Ok(state)
     }
@@ -668,6 +673,26 @@ impl DeviceActor {
                     state.retire(&myself);
                 } else {
                     state.arm_idle(&myself);
+                }
+            }
+            DeviceMsg::Shadow(req) => {
+                let req = *req;
+                let replies = state
+                    .ctx
+                    .shadows
+                    .handle(&mut state.shadows, &req.topic, &req.payload, now_ms())
+                    .await;
+                for r in &replies {
+                    let rejected = r.topic.ends_with("/rejected");
+                    // An admin caller gets its rejection as the HTTP answer only.
+                    if rejected && req.reply.is_some() {
+                        continue;
+                    }
+                    let to = if r.to_requester { req.requester.as_ref() } else { None };
+                    state.ctx.router.publish_reply(&r.topic, &r.payload, to);
+                }
+                if let Some(tx) = req.reply {
+                    let _ = tx.send(replies);
                 }
             }
             DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),

@@ -25,6 +25,7 @@ use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
 use crate::mqtt::{ReasonCode, SubOptions};
 use crate::session::{Inflight, StoredWill};
+use crate::shadow::{Reply, RequestTopic, Shadows};
 use crate::store::{DurableAck, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -109,8 +110,22 @@ pub enum DeviceMsg {
     /// Timer: retire if idle long enough (`actor_idle_connected_ms` while a connection is
     /// attached, else `actor_idle_secs`).
     IdleCheck,
+    /// A shadow request for this device (it is the thing). Replies are published; an
+    /// MQTT requester gets `accepted`/`rejected` even without a subscription, an admin
+    /// caller gets them through `reply` (and `rejected` is then not published).
+    Shadow(Box<ShadowRequest>),
     /// Fault injection for tests and chaos runs: the actor panics.
     InjectPanic,
+}
+
+/// A shadow request and where its answer goes.
+pub struct ShadowRequest {
+    pub topic: RequestTopic,
+    pub payload: bytes::Bytes,
+    /// The MQTT client that published it.
+    pub requester: Option<Arc<SessionSlot>>,
+    /// An in-process caller (the admin API) waiting for the replies.
+    pub reply: Option<oneshot::Sender<Vec<Reply>>>,
 }
 
 impl DeviceMsg {
@@ -133,6 +148,7 @@ impl DeviceMsg {
 /// Everything a device actor needs from its node.
 #[derive(Clone)]
 pub struct DeviceCtx {
+    pub shadows: Arc<Shadows>,
     pub router: Arc<Router>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -242,6 +258,13 @@ impl Devices {
         let client: Arc<str> = Arc::from(client);
         let slot = self.get_slot(&client);
         self.call(&client, slot.as_deref(), |reply| DeviceMsg::Attach(Box::new(req), reply)).await?
+    }
+
+    /// Hands a shadow request to the device actor of `req.topic.thing` (spawning it).
+    pub fn shadow(&self, req: ShadowRequest) {
+        let thing: Arc<str> = Arc::from(req.topic.thing.as_str());
+        let slot = self.get_slot(&thing);
+        self.cast(&thing, slot.as_deref(), DeviceMsg::Shadow(Box::new(req)));
     }
 
     /// Fault injection: makes `client`'s device actor panic (spawning it if it is not

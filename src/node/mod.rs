@@ -1,9 +1,10 @@
 //! One node wired together: store, router, device supervisor, listeners, admin, `$SYS`.
 //!
-//! Start order: metrics -> store -> router (retained loaded) -> device supervisor (sessions
-//! restored) -> admin -> listeners -> ready. Shutdown order: not ready -> stop accepting
-//! and disconnect clients (DISCONNECT 0x8B on v5) -> wait for connections to detach ->
-//! drain device actors -> flush storage.
+//! Start order: metrics -> store -> router (retained loaded) -> Raft groups (each led by
+//! this node) -> device supervisor (sessions restored) -> admin -> listeners -> ready.
+//! Shutdown order: not ready -> stop accepting and disconnect clients (DISCONNECT 0x8B on
+//! v5) -> wait for connections to detach -> drain device actors -> stop Raft groups ->
+//! flush storage.
 
 mod sys;
 
@@ -19,6 +20,8 @@ use crate::admin::{self, AdminState};
 use crate::broker::Router;
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
+use crate::raft::{Groups, RaftStartError};
+use crate::shadow::Shadows;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::transport::{bind_listeners, ConnCtx};
@@ -36,6 +39,8 @@ pub enum NodeError {
     Admin(std::io::Error),
     #[error("device supervisor: {0}")]
     Supervisor(String),
+    #[error("raft: {0}")]
+    Raft(#[from] RaftStartError),
 }
 
 /// A running node.
@@ -47,6 +52,7 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub devices: Arc<Devices>,
     pub router: Arc<Router>,
+    pub groups: Arc<Groups>,
     store: Store,
     supervisor: ActorRef<SupervisorMsg>,
     shutdown: watch::Sender<bool>,
@@ -65,8 +71,11 @@ impl Node {
         let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
         let router =
             Arc::new(Router::new(store.clone(), metrics.clone(), cfg.mqtt.durable_inflight)?);
+        let groups = Arc::new(Groups::start(&store, &cfg.raft, metrics.clone()).await?);
+        let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
         let devices = Arc::new(Devices::new());
         let dctx = DeviceCtx {
+            shadows,
             router: router.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
@@ -85,7 +94,11 @@ impl Node {
             Some(addr) => Some(
                 admin::serve(
                     addr,
-                    AdminState { metrics: metrics.clone(), ready: ready.clone() },
+                    AdminState {
+                        metrics: metrics.clone(),
+                        ready: ready.clone(),
+                        devices: devices.clone(),
+                    },
                     shutdown_rx.clone(),
                 )
                 .await
@@ -126,6 +139,7 @@ impl Node {
             metrics,
             devices,
             router,
+            groups,
             store,
             supervisor,
             shutdown,
@@ -142,6 +156,7 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
         self.supervisor.drain_children_and_wait(Some(Duration::from_secs(10))).await;
         let _ = self.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        self.groups.shutdown().await;
         self.store.flush().await?;
         let closed = self.store.closed();
         drop(self);

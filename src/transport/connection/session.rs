@@ -18,11 +18,12 @@ use super::{ConnCtx, DeviceIo, Peer};
 use crate::broker::{
     app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
-use crate::device::{AttachRequest, DeviceMsg};
+use crate::device::{AttachRequest, DeviceMsg, ShadowRequest};
 use crate::mqtt::{
     self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode, SubAck, UnsubAck,
 };
 use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
+use crate::shadow;
 
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
@@ -529,6 +530,35 @@ impl Conn {
             expires_at_ms: p.properties.message_expiry_interval.map(|s| now + u64::from(s) * 1000),
             origin: Some(self.client.clone()),
         });
+        let reserved =
+            if msg.topic.starts_with("$aws/") { self.reserved_request(&msg) } else { None };
+        if reserved == Some(false) {
+            // A reply topic of the broker's: clients may not publish there.
+            self.ctx.metrics.protocol_errors.with_label_values(&["reserved_topic"]).inc();
+            if p.qos == QoS::AtMostOnce {
+                return Ok(());
+            }
+            let done = AckDone {
+                pkid: p.pkid,
+                qos: p.qos,
+                reason: ReasonCode::NotAuthorized,
+                owed: false,
+            };
+            if self.owed.is_empty() {
+                return self.acknowledge(done);
+            }
+            if self.owed.len() >= MAX_OWED_ACKS {
+                return Err(End::Violation(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "too_many_owed_acks",
+                ));
+            }
+            if p.qos == QoS::AtLeastOnce && v5 {
+                self.incoming.defer_ack();
+            }
+            self.owed.push_back(Box::pin(async move { AckDone { owed: true, ..done } }));
+            return Ok(());
+        }
         let routed = self.ctx.router.publish(msg);
         if p.qos == QoS::AtMostOnce {
             match routed {
@@ -541,7 +571,10 @@ impl Conn {
         }
         let (pkid, qos) = (p.pkid, p.qos);
         let (reason, waits) = match routed {
-            Ok(r) if r.matched == 0 => (ReasonCode::NoMatchingSubscribers, r.acks),
+            // A shadow request is taken by its device actor even without subscribers.
+            Ok(r) if r.matched == 0 && reserved.is_none() => {
+                (ReasonCode::NoMatchingSubscribers, r.acks)
+            }
             Ok(r) => (ReasonCode::Success, r.acks),
             Err(e) => {
                 tracing::error!(message = "publish not stored", error = %e);
@@ -568,6 +601,27 @@ impl Conn {
             AckDone { pkid, qos, reason, owed: true }
         }));
         Ok(())
+    }
+
+    /// A publish under `$aws/`: a shadow request goes to the thing's device actor (and is
+    /// routed like any message too): `Some(true)`. `Some(false)` for a shadow reply topic,
+    /// which only the broker publishes to; `None` for other topics.
+    fn reserved_request(&self, msg: &Message) -> Option<bool> {
+        if !shadow::topics::is_shadow_topic(&msg.topic) {
+            return None;
+        }
+        Some(match shadow::topics::parse_request(&msg.topic) {
+            Some(topic) => {
+                self.ctx.devices.shadow(ShadowRequest {
+                    topic,
+                    payload: msg.payload.clone(),
+                    requester: Some(self.slot.clone()),
+                    reply: None,
+                });
+                true
+            }
+            None => false,
+        })
     }
 
     /// Stops reading until `waits` (room at full subscribers) are over, or for
