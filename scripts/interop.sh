@@ -13,7 +13,7 @@ VENV=target/interop-venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q 'paho-mqtt>=2,<3'
+"$VENV/bin/pip" install -q 'paho-mqtt>=2,<3' 'awsiotsdk>=1.22,<2'
 
 cargo build -q --bin homeport
 BIN=target/debug/homeport
@@ -59,4 +59,6 @@ echo "== kill -9 and restart"
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 start
 "$VENV/bin/python" scripts/interop.py --port $PORT after
-echo "interop: 6 passed, 0 failed"
+echo "== awsiotsdk: shadow acceptance"
+"$VENV/bin/python" scripts/aws_sdk_acceptance.py --port $PORT --admin 18080
+echo "interop: 7 passed, 0 failed"
