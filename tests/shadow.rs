@@ -1,5 +1,6 @@
-//! Device shadows through real sockets: a rumqttc device uses the AWS IoT reserved topics,
-//! the application side uses the admin REST API, and a restart keeps what was accepted.
+//! Device shadows and presence events through real sockets: a rumqttc device uses the AWS
+//! IoT reserved topics, the application side uses the admin REST API, and a restart keeps
+//! what was accepted.
 
 mod common;
 
@@ -222,6 +223,35 @@ async fn replies_go_to_subscribers_and_reply_topics_are_reserved() {
         metric_reaches(&node, "homeport_protocol_errors_total{reason=\"reserved_topic\"}", 1.0)
             .await
             >= 1.0
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_follow_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let (_w, mut w_ev) = connected(&node, "watcher", &["$aws/events/presence/+/door-3"]).await;
+    let (dev, mut dev_ev) = connected(&node, "door-3", &[]).await;
+    let (topic, ev) = next(&mut w_ev).await;
+    assert_eq!(topic, "$aws/events/presence/connected/door-3");
+    assert_eq!(
+        (ev["eventType"].as_str(), ev["clientId"].as_str()),
+        (Some("connected"), Some("door-3"))
+    );
+    assert_eq!(ev["ipAddress"], "127.0.0.1");
+    let version = ev["versionNumber"].as_u64().unwrap();
+    dev.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(WAIT, async { while dev_ev.poll().await.is_ok() {} }).await;
+    let (topic, ev) = next(&mut w_ev).await;
+    assert_eq!(topic, "$aws/events/presence/disconnected/door-3");
+    assert_eq!(ev["disconnectReason"], "CLIENT_INITIATED_DISCONNECT");
+    assert_eq!(ev["clientInitiatedDisconnect"], true);
+    assert_eq!(ev["versionNumber"].as_u64(), Some(version));
+    // Events nobody hears are not counted as dropped messages.
+    assert_eq!(
+        metric(&node, "homeport_messages_dropped_total{reason=\"no_subscribers\"}").await,
+        0.0
     );
     node.shutdown().await.unwrap();
 }

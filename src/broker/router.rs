@@ -119,7 +119,7 @@ impl Router {
 
     /// Routes a message to every matching subscriber and updates retained state.
     pub fn publish(&self, msg: Arc<Message>) -> Result<Routed, StoreError> {
-        self.publish_to(msg, None)
+        self.publish_to(msg, None, false)
     }
 
     /// Publishes a broker-made reply (shadow `accepted`, `delta`, ...; QoS 1, JSON) to its
@@ -140,7 +140,7 @@ impl Router {
             expires_at_ms: None,
             origin: None,
         });
-        if let Err(e) = self.publish_to(msg, requester) {
+        if let Err(e) = self.publish_to(msg, requester, true) {
             tracing::error!(message = "reply not published", topic, error = %e);
         }
     }
@@ -149,6 +149,7 @@ impl Router {
         &self,
         msg: Arc<Message>,
         requester: Option<&Arc<SessionSlot>>,
+        broker_made: bool,
     ) -> Result<Routed, StoreError> {
         let mut routed = Routed::default();
         if msg.retain {
@@ -211,7 +212,8 @@ impl Router {
             }
         }
         routed.matched = per_session.len();
-        if per_session.is_empty() {
+        // An event nobody listens to (presence, documents) is not a lost message.
+        if per_session.is_empty() && !broker_made {
             self.metrics.dropped(DropReason::NoSubscribers);
         }
         let mut journaled = false;

@@ -7,6 +7,7 @@
 
 mod handshake;
 mod outbound;
+mod presence;
 mod session;
 
 use std::future::Future;

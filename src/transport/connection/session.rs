@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::handshake::{self, Negotiated, Refused};
 use super::outbound::Outbound;
+use super::presence;
 use super::{ConnCtx, DeviceIo, Peer};
 use crate::broker::{
     app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
@@ -214,6 +215,7 @@ async fn open<S: DeviceIo>(
     for d in reply.queued {
         conn.deliver(d);
     }
+    presence::connected(&ctx.router, &conn.client, conn.queue.id, peer.addr);
     Some(conn)
 }
 
@@ -763,14 +765,31 @@ impl Conn {
     }
 
     async fn finish<S: DeviceIo>(&mut self, io: &mut S, end: End) {
-        let (reason, label, will) = match &end {
-            End::Client { will } => (None, "normal", *will),
-            End::Io => (None, "connection_lost", true),
-            End::Violation(code, label) => (Some(*code), *label, true),
-            End::KeepAlive => (Some(ReasonCode::KeepAliveTimeout), "keep_alive_timeout", true),
-            End::TakenOver(_) => (Some(ReasonCode::SessionTakenOver), "session_taken_over", false),
-            End::Shutdown => (Some(ReasonCode::ServerShuttingDown), "server_shutting_down", true),
-            End::Kicked(code) => (Some(*code), "administrative_action", true),
+        let (reason, label, will, aws) = match &end {
+            End::Client { will } => (None, "normal", *will, "CLIENT_INITIATED_DISCONNECT"),
+            End::Io => (None, "connection_lost", true, "CONNECTION_LOST"),
+            End::Violation(code, label) => (Some(*code), *label, true, "CLIENT_ERROR"),
+            End::KeepAlive => (
+                Some(ReasonCode::KeepAliveTimeout),
+                "keep_alive_timeout",
+                true,
+                "MQTT_KEEP_ALIVE_TIMEOUT",
+            ),
+            End::TakenOver(_) => (
+                Some(ReasonCode::SessionTakenOver),
+                "session_taken_over",
+                false,
+                "DUPLICATE_CLIENTID",
+            ),
+            End::Shutdown => (
+                Some(ReasonCode::ServerShuttingDown),
+                "server_shutting_down",
+                true,
+                "SERVER_INITIATED_DISCONNECT",
+            ),
+            End::Kicked(code) => {
+                (Some(*code), "administrative_action", true, "SERVER_INITIATED_DISCONNECT")
+            }
         };
         let m = &self.ctx.metrics;
         m.disconnects.with_label_values(&[label]).inc();
@@ -792,6 +811,7 @@ impl Conn {
             let seqs = std::mem::take(&mut self.delivered);
             self.ctx.devices.cast(&self.client, Some(&self.slot), DeviceMsg::Delivered(seqs));
         }
+        presence::disconnected(&self.ctx.router, &self.client, self.queue.id, aws);
         let live = self.live_state();
         match end {
             End::TakenOver(reply) => {
