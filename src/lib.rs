@@ -7,6 +7,7 @@
 //! - [`device`]: device actors (one per client id) and their supervisor.
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state.
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
+//! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod device;
+pub mod jobs;
 pub mod loadgen;
 pub mod mqtt;
 pub mod node;

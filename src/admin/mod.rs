@@ -1,10 +1,12 @@
-//! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and
-//! shadows under `/api/things/{thing}/shadow` ([`shadows`]).
+//! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
+//! shadows under `/api/things/{thing}/shadow` ([`shadows`]) and jobs under `/api/jobs`
+//! ([`jobs`]).
 //!
 //! Owns: the HTTP surface for operators and applications. Must not touch: broker
 //! internals beyond reading metrics and readiness; device state changes go to the device
 //! actors. Errors are JSON bodies `{"code": ..., "message": ...}`.
 
+mod jobs;
 mod shadows;
 
 use std::net::SocketAddr;
@@ -14,12 +16,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::device::Devices;
+use crate::jobs::Jobs;
 use crate::telemetry::Metrics;
 
 /// What the admin handlers read.
@@ -30,6 +33,7 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Where shadow requests go.
     pub devices: Arc<Devices>,
+    pub jobs: Arc<Jobs>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -65,6 +69,11 @@ pub fn router(state: AdminState) -> Router {
             "/api/things/{thing}/shadow",
             get(shadows::get).post(shadows::update).delete(shadows::delete),
         )
+        .route("/api/things/{thing}/jobs", get(jobs::thing_executions))
+        .route("/api/jobs", get(jobs::list).post(jobs::create))
+        .route("/api/jobs/{id}", get(jobs::describe))
+        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/executions", get(jobs::job_executions))
         .fallback(not_found)
         .with_state(state)
 }

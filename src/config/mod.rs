@@ -37,6 +37,7 @@ pub struct Config {
     pub log: LogConfig,
     pub raft: RaftConfig,
     pub shadow: ShadowConfig,
+    pub jobs: JobsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +214,23 @@ impl Default for RaftConfig {
     }
 }
 
+/// Jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How often the scheduler rolls jobs out and checks timeouts, in milliseconds.
+    pub scheduler_interval_ms: u64,
+    /// The length of a minute in job timeouts and rollout rates, in milliseconds. 60000;
+    /// only tests and drills shorten it.
+    pub minute_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { scheduler_interval_ms: 1000, minute_ms: 60_000 }
+    }
+}
+
 /// Device shadows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -310,6 +328,12 @@ impl Config {
                 "raft.election_timeout_ms",
                 "must be larger than raft.heartbeat_ms, which must be at least 1",
             ));
+        }
+        if self.jobs.scheduler_interval_ms < 10 {
+            return Err(invalid("jobs.scheduler_interval_ms", "must be at least 10"));
+        }
+        if self.jobs.minute_ms < 100 {
+            return Err(invalid("jobs.minute_ms", "must be at least 100"));
         }
         if self.shadow.max_document_bytes < 256 {
             return Err(invalid("shadow.max_document_bytes", "must be at least 256"));

@@ -23,6 +23,7 @@ pub use supervisor::{DeviceSupervisor, SupervisorMsg};
 
 use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
+use crate::jobs::{Jobs, JobsCall};
 use crate::mqtt::{ReasonCode, SubOptions};
 use crate::session::{Inflight, StoredWill};
 use crate::shadow::{Reply, RequestTopic, Shadows};
@@ -114,8 +115,19 @@ pub enum DeviceMsg {
     /// MQTT requester gets `accepted`/`rejected` even without a subscription, an admin
     /// caller gets them through `reply` (and `rejected` is then not published).
     Shadow(Box<ShadowRequest>),
+    /// Jobs work for this device: a request it published, or the service's own call.
+    Jobs(Box<JobsRequest>),
     /// Fault injection for tests and chaos runs: the actor panics.
     InjectPanic,
+}
+
+/// A jobs call and where its answer goes.
+pub struct JobsRequest {
+    pub call: JobsCall,
+    /// The MQTT client that published the request.
+    pub requester: Option<Arc<SessionSlot>>,
+    /// Whoever waits for the replies (scheduler, admin API).
+    pub reply: Option<oneshot::Sender<Vec<Reply>>>,
 }
 
 /// A shadow request and where its answer goes.
@@ -149,6 +161,7 @@ impl DeviceMsg {
 #[derive(Clone)]
 pub struct DeviceCtx {
     pub shadows: Arc<Shadows>,
+    pub jobs: Arc<Jobs>,
     pub router: Arc<Router>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -265,6 +278,22 @@ impl Devices {
         let thing: Arc<str> = Arc::from(req.topic.thing.as_str());
         let slot = self.get_slot(&thing);
         self.cast(&thing, slot.as_deref(), DeviceMsg::Shadow(Box::new(req)));
+    }
+
+    /// Hands a jobs call to `thing`'s device actor (spawning it); the receiver gets the
+    /// replies once it is done.
+    pub fn jobs(
+        &self,
+        thing: &str,
+        call: JobsCall,
+        requester: Option<Arc<SessionSlot>>,
+    ) -> oneshot::Receiver<Vec<Reply>> {
+        let (tx, rx) = oneshot::channel();
+        let thing: Arc<str> = Arc::from(thing);
+        let slot = self.get_slot(&thing);
+        let req = JobsRequest { call, requester, reply: Some(tx) };
+        self.cast(&thing, slot.as_deref(), DeviceMsg::Jobs(Box::new(req)));
+        rx
     }
 
     /// Fault injection: makes `client`'s device actor panic (spawning it if it is not

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::broker::Router;
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
+use crate::jobs::{scheduler, Jobs};
 use crate::raft::{Groups, RaftStartError};
 use crate::shadow::Shadows;
 use crate::store::{Store, StoreError};
@@ -73,9 +74,11 @@ impl Node {
             Arc::new(Router::new(store.clone(), metrics.clone(), cfg.mqtt.durable_inflight)?);
         let groups = Arc::new(Groups::start(&store, &cfg.raft, metrics.clone()).await?);
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
+        let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));
         let devices = Arc::new(Devices::new());
         let dctx = DeviceCtx {
             shadows,
+            jobs: jobs.clone(),
             router: router.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
@@ -98,6 +101,7 @@ impl Node {
                         metrics: metrics.clone(),
                         ready: ready.clone(),
                         devices: devices.clone(),
+                        jobs: jobs.clone(),
                     },
                     shutdown_rx.clone(),
                 )
@@ -115,6 +119,13 @@ impl Node {
         });
         let (done_tx, conns_done) = mpsc::channel(1);
         let bound = bind_listeners(ctx, done_tx).await?;
+        scheduler::spawn(
+            jobs,
+            devices.clone(),
+            metrics.clone(),
+            Duration::from_millis(cfg.jobs.scheduler_interval_ms),
+            shutdown_rx.clone(),
+        );
         if cfg.mqtt.sys_interval_secs > 0 {
             sys::spawn(
                 router.clone(),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Command, Response, StoredShadow};
+use crate::jobs::model::{Execution, Job};
 use crate::store::{decode, encode, StoreError};
 
 /// Read access to a group's data.
@@ -48,6 +49,82 @@ pub fn read_shadow(
     kv.get(&shadow_key(thing, name))?.map(|v| decode(&v)).transpose()
 }
 
+fn key(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// The key of a job definition (meta group).
+pub fn job_key(job_id: &str) -> Vec<u8> {
+    key(&["djob", job_id])
+}
+
+/// Prefix of every job definition.
+pub const JOB_PREFIX: &[u8] = b"djob\0";
+
+/// The key of a thing's execution of a job (shard group).
+pub fn exec_key(thing: &str, job_id: &str) -> Vec<u8> {
+    key(&["dexec", thing, job_id])
+}
+
+/// Prefix of a thing's executions.
+pub fn thing_exec_prefix(thing: &str) -> Vec<u8> {
+    let mut k = key(&["dexec", thing]);
+    k.push(0);
+    k
+}
+
+/// Index entry: job, then thing (lists a job's executions in a shard).
+pub fn job_index_key(job_id: &str, thing: &str) -> Vec<u8> {
+    key(&["djobx", job_id, thing])
+}
+
+/// Prefix of a job's index entries.
+pub fn job_index_prefix(job_id: &str) -> Vec<u8> {
+    let mut k = key(&["djobx", job_id]);
+    k.push(0);
+    k
+}
+
+/// Prefix of the timeout index: `dtmo` NUL, then the deadline (big-endian milliseconds),
+/// then thing NUL job.
+pub const TIMEOUT_PREFIX: &[u8] = b"dtmo\0";
+
+pub fn timeout_key(at_ms: u64, thing: &str, job_id: &str) -> Vec<u8> {
+    let mut k = TIMEOUT_PREFIX.to_vec();
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&key(&[thing, job_id]));
+    k
+}
+
+/// Splits a timeout index key into (deadline, thing, job).
+pub fn parse_timeout_key(k: &[u8]) -> Option<(u64, String, String)> {
+    let rest = k.strip_prefix(TIMEOUT_PREFIX)?;
+    let (at, rest) = rest.split_at_checked(8)?;
+    let at = u64::from_be_bytes(at.try_into().ok()?);
+    let text = std::str::from_utf8(rest).ok()?;
+    let (thing, job) = text.split_once('\0')?;
+    Some((at, thing.into(), job.into()))
+}
+
+pub fn read_job(kv: &impl Kv, job_id: &str) -> Result<Option<Job>, StoreError> {
+    kv.get(&job_key(job_id))?.map(|v| decode(&v)).transpose()
+}
+
+pub fn read_execution(
+    kv: &impl Kv,
+    thing: &str,
+    job_id: &str,
+) -> Result<Option<Execution>, StoreError> {
+    kv.get(&exec_key(thing, job_id))?.map(|v| decode(&v)).transpose()
+}
+
 /// Applies one command: the writes to make and the answer for the proposer.
 pub fn apply(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), StoreError> {
     match cmd {
@@ -57,6 +134,30 @@ pub fn apply(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
                 return Ok((Vec::new(), Response::Conflict { found }));
             }
             Ok((vec![(shadow_key(thing, name), Some(encode(value)?))], Response::Applied))
+        }
+        Command::PutJob { expect, value } => {
+            let found = read_job(kv, &value.job_id)?.map(|j| j.version);
+            if found != *expect {
+                return Ok((Vec::new(), Response::Conflict { found }));
+            }
+            Ok((vec![(job_key(&value.job_id), Some(encode(value)?))], Response::Applied))
+        }
+        Command::PutExecution { expect, value } => {
+            let old = read_execution(kv, &value.thing, &value.job_id)?;
+            let found = old.as_ref().map(|e| e.version);
+            if found != *expect {
+                return Ok((Vec::new(), Response::Conflict { found }));
+            }
+            let mut writes = Vec::with_capacity(4);
+            if let Some(at) = old.and_then(|o| o.timeout_at_ms) {
+                writes.push((timeout_key(at, &value.thing, &value.job_id), None));
+            }
+            if let Some(at) = value.timeout_at_ms {
+                writes.push((timeout_key(at, &value.thing, &value.job_id), Some(Vec::new())));
+            }
+            writes.push((job_index_key(&value.job_id, &value.thing), Some(Vec::new())));
+            writes.push((exec_key(&value.thing, &value.job_id), Some(encode(value)?)));
+            Ok((writes, Response::Applied))
         }
     }
 }

@@ -9,6 +9,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::model::{Execution, Job};
+
 openraft::declare_raft_types!(
     /// Type configuration of every Homeport Raft group (meta and shards).
     pub TypeConfig:
@@ -40,11 +42,16 @@ pub struct StoredShadow {
 }
 
 /// A command for a group's state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Writes (or with `value.doc == None`, deletes) one shadow, if its stored version is
-    /// still `expect` (`None`: no shadow record at all).
+    /// still `expect` (`None`: no shadow record at all). Shard groups.
     PutShadow { thing: String, name: String, expect: Option<u64>, value: StoredShadow },
+    /// Writes a job definition if its stored version is still `expect`. Meta group.
+    PutJob { expect: Option<u64>, value: Job },
+    /// Writes one job execution if its stored version is still `expect`, keeping the
+    /// per-job and timeout indexes in step. Shard groups.
+    PutExecution { expect: Option<u64>, value: Execution },
 }
 
 /// What applying a command produced.

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub raft_write_seconds: Histogram,
     /// Shadow requests by operation and outcome (`accepted`, or the rejection code).
     pub shadow_requests: IntCounterVec,
+    /// Jobs requests and service calls by operation and outcome.
+    pub jobs_requests: IntCounterVec,
+    /// Job executions created by rollouts.
+    pub jobs_executions_created: IntCounter,
 }
 
 impl Metrics {
@@ -254,6 +258,15 @@ impl Metrics {
                 "homeport_shadow_requests_total",
                 "Shadow requests by operation and outcome (accepted or the rejection code)",
                 &["op", "result"],
+            ),
+            jobs_requests: counter_vec(
+                "homeport_jobs_requests_total",
+                "Jobs requests and service calls by operation and outcome (accepted or the error code)",
+                &["op", "result"],
+            ),
+            jobs_executions_created: counter(
+                "homeport_jobs_executions_created_total",
+                "Job executions queued by rollouts",
             ),
             registry,
         };

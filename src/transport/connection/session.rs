@@ -20,6 +20,7 @@ use crate::broker::{
     app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
 use crate::device::{AttachRequest, DeviceMsg, ShadowRequest};
+use crate::jobs::{self, JobsCall};
 use crate::mqtt::{
     self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode, SubAck, UnsubAck,
 };
@@ -605,10 +606,18 @@ impl Conn {
         Ok(())
     }
 
-    /// A publish under `$aws/`: a shadow request goes to the thing's device actor (and is
-    /// routed like any message too): `Some(true)`. `Some(false)` for a shadow reply topic,
-    /// which only the broker publishes to; `None` for other topics.
+    /// A publish under `$aws/`: a shadow or jobs request goes to the thing's device actor
+    /// (and is routed like any message too): `Some(true)`. `Some(false)` for a reply or
+    /// notification topic, which only the broker publishes to; `None` for other topics.
     fn reserved_request(&self, msg: &Message) -> Option<bool> {
+        if jobs::topics::is_jobs_topic(&msg.topic) {
+            // Replies and notifications are the broker's to publish.
+            let Some(topic) = jobs::topics::parse_request(&msg.topic) else { return Some(false) };
+            let thing = topic.thing.clone();
+            let call = JobsCall::Request { topic, payload: msg.payload.clone() };
+            drop(self.ctx.devices.jobs(&thing, call, Some(self.slot.clone())));
+            return Some(true);
+        }
         if !shadow::topics::is_shadow_topic(&msg.topic) {
             return None;
         }
