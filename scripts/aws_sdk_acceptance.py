@@ -4,17 +4,22 @@ MQTT connection over plain TCP to the broker (no AWS account involved).
 Shadow: get on a new thing is rejected (404); the device reports; the application sets
 desired through the admin REST API; the delta reaches the device; the device reports the
 desired value and the delta is gone.
+
+Jobs: a job created through the admin REST API reaches the connected device
+(notify-next), which takes it with start-next, moves it to IN_PROGRESS and SUCCEEDED; the
+admin API then shows the job completed.
 """
 
 import argparse
 import json
 import queue
 import sys
+import time
 import urllib.request
 import uuid
 
 from awscrt import io, mqtt
-from awsiot import iotshadow
+from awsiot import iotjobs, iotshadow
 
 HOST = "127.0.0.1"
 TIMEOUT = 10
@@ -116,6 +121,84 @@ def shadow(port, admin_port):
     conn.disconnect().result(TIMEOUT)
 
 
+def jobs(port, admin_port):
+    thing = f"sdk-jobs-{uuid.uuid4().hex[:8]}"
+    job_id = f"sdk-job-{uuid.uuid4().hex[:8]}"
+    conn = connect(port, thing)
+    client = iotjobs.IotJobsClient(conn)
+    events = queue.Queue()
+    q1 = mqtt.QoS.AT_LEAST_ONCE
+
+    def on(kind):
+        return lambda msg: events.put((kind, msg))
+
+    subs = [
+        client.subscribe_to_next_job_execution_changed_events(
+            iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=thing), q1, on("next")),
+        client.subscribe_to_start_next_pending_job_execution_accepted(
+            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=thing), q1,
+            on("start/accepted")),
+        client.subscribe_to_start_next_pending_job_execution_rejected(
+            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=thing), q1,
+            on("start/rejected")),
+        client.subscribe_to_update_job_execution_accepted(
+            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=thing, job_id=job_id), q1,
+            on("update/accepted")),
+        client.subscribe_to_update_job_execution_rejected(
+            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=thing, job_id=job_id), q1,
+            on("update/rejected")),
+    ]
+    for fut, _topic in subs:
+        fut.result(TIMEOUT)
+
+    def expect(kind):
+        got_kind, msg = events.get(timeout=TIMEOUT)
+        assert got_kind == kind, f"expected {kind}, got {got_kind}: {msg}"
+        return msg
+
+    status, body = admin(admin_port, "POST", "/api/jobs", {
+        "jobId": job_id, "document": {"operation": "reboot"}, "targets": [thing]})
+    assert status == 201, body
+    nxt = expect("next")
+    assert nxt.execution.job_id == job_id and nxt.execution.status == "QUEUED", nxt
+    print("job created through the admin API: notify-next at the device ok")
+
+    client.publish_start_next_pending_job_execution(
+        iotjobs.StartNextPendingJobExecutionRequest(
+            thing_name=thing, client_token="sn-1", status_details={"step": "begin"}),
+        q1).result(TIMEOUT)
+    started = expect("start/accepted")
+    ex = started.execution
+    assert ex.job_id == job_id and ex.status == "IN_PROGRESS", ex
+    assert ex.job_document == {"operation": "reboot"}, ex.job_document
+    assert started.client_token == "sn-1", started
+    print("start-next: IN_PROGRESS with the job document ok")
+
+    client.publish_update_job_execution(iotjobs.UpdateJobExecutionRequest(
+        thing_name=thing, job_id=job_id, status="IN_PROGRESS",
+        status_details={"step": "rebooting"}, expected_version=ex.version_number,
+        include_job_execution_state=True), q1).result(TIMEOUT)
+    upd = expect("update/accepted")
+    assert upd.execution_state.status == "IN_PROGRESS", upd
+    client.publish_update_job_execution(iotjobs.UpdateJobExecutionRequest(
+        thing_name=thing, job_id=job_id, status="SUCCEEDED",
+        expected_version=upd.execution_state.version_number), q1).result(TIMEOUT)
+    expect("update/accepted")
+    nxt = expect("next")
+    assert nxt.execution is None, nxt
+    print("update IN_PROGRESS then SUCCEEDED: accepted ok")
+
+    for _ in range(100):
+        status, body = admin(admin_port, "GET", f"/api/jobs/{job_id}")
+        if body["job"]["status"] == "COMPLETED":
+            break
+        time.sleep(0.1)
+    assert body["job"]["status"] == "COMPLETED", body
+    assert body["job"]["jobProcessDetails"]["numberOfSucceededThings"] == 1, body
+    print("job completed in the admin API ok")
+    conn.disconnect().result(TIMEOUT)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -123,6 +206,8 @@ def main():
     args = ap.parse_args()
     shadow(args.port, args.admin)
     print("awsiotsdk: shadow ok")
+    jobs(args.port, args.admin)
+    print("awsiotsdk: jobs ok")
 
 
 if __name__ == "__main__":

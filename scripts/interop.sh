@@ -59,6 +59,6 @@ echo "== kill -9 and restart"
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 start
 "$VENV/bin/python" scripts/interop.py --port $PORT after
-echo "== awsiotsdk: shadow acceptance"
+echo "== awsiotsdk: shadow and jobs acceptance"
 "$VENV/bin/python" scripts/aws_sdk_acceptance.py --port $PORT --admin 18080
-echo "interop: 7 passed, 0 failed"
+echo "interop: 8 passed, 0 failed"
