@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Drives the broker with independent clients: mosquitto_pub/sub (Debian) and paho-mqtt
 # (PyPI, in a venv). Installs what it needs. Covers QoS 0/1/2 both ways, retained
-# messages, wills, and a persistent session across `kill -9` and restart.
+# messages, wills, and a persistent session across `kill -9` and restart. Then the AWS IoT
+# Device SDK for Python (awsiotsdk, unchanged, on awscrt over plain TCP) runs the shadow
+# and jobs acceptance (scripts/aws_sdk_acceptance.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
