@@ -19,6 +19,9 @@ pub enum BenchMode {
     Sub,
     /// Subscribers and publishers in one process: latency, loss, duplicates.
     Pubsub,
+    /// Devices updating their shadows (client id = thing): accepted updates per second and
+    /// update-to-accepted latency; --inflight updates outstanding per device.
+    Shadow,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +146,7 @@ fn opts(a: &BenchArgs) -> anyhow::Result<Opts> {
         BenchMode::Pub => Mode::Pub,
         BenchMode::Sub => Mode::Sub,
         BenchMode::Pubsub => Mode::PubSub,
+        BenchMode::Shadow => Mode::Shadow,
     };
     Ok(Opts {
         mode,

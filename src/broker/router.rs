@@ -109,6 +109,11 @@ impl Router {
         let _ = self.devices.set(sup);
     }
 
+    /// Whether any subscription matches `topic` (to skip building events nobody hears).
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        !self.trie.read().matches(topic, |_| true).is_empty()
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.trie.read().len()
     }

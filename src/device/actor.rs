@@ -677,10 +677,12 @@ impl DeviceActor {
             }
             DeviceMsg::Shadow(req) => {
                 let req = *req;
+                let router = state.ctx.router.clone();
+                let listening = move |t: &str| router.has_subscribers(t);
                 let replies = state
                     .ctx
                     .shadows
-                    .handle(&mut state.shadows, &req.topic, &req.payload, now_ms())
+                    .handle(&mut state.shadows, &req.topic, &req.payload, now_ms(), &listening)
                     .await;
                 for r in &replies {
                     let rejected = r.topic.ends_with("/rejected");

@@ -146,12 +146,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     fn publish_one(&mut self, topic: &str, publisher: u32) {
-        let qos = self.opts.qos;
+        let shadow = self.opts.mode == Mode::Shadow;
+        let qos = if shadow { QoS::AtLeastOnce } else { self.opts.qos };
         let pkid = if qos == QoS::AtMostOnce { 0 } else { self.pkid() };
         // One payload buffer per client, its stamp rewritten in place for each message.
         let mut payload = std::mem::take(&mut self.payload);
-        payload.resize(self.opts.size, 0);
-        if self.opts.size >= STAMP_LEN {
+        if shadow {
+            payload.clear();
+            let body =
+                format!(r#"{{"state":{{"reported":{{"t":{},"s":{}}}}}}}"#, wall_ns(), self.seq);
+            payload.extend_from_slice(body.as_bytes());
+        } else {
+            payload.resize(self.opts.size, 0);
+        }
+        if !shadow && self.opts.size >= STAMP_LEN {
             payload[0..8].copy_from_slice(&wall_ns().to_be_bytes());
             payload[8..12].copy_from_slice(&publisher.to_be_bytes());
             payload[12..16].copy_from_slice(&(self.seq as u32).to_be_bytes());
@@ -174,15 +182,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// A shadow reply: `accepted` carries the stamp we sent; either ends one update.
+    fn shadow_reply(&mut self, topic: &str, payload: &[u8], now: u64) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if topic.ends_with("/update/accepted") {
+            self.received += 1;
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            if let Some(sent) = v["state"]["reported"]["t"].as_u64() {
+                self.latencies.push(now.saturating_sub(sent) / 1000);
+            }
+        } else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Handles one incoming packet; answers go into the write buffer.
     fn handle(&mut self, p: Packet) {
         let now = wall_ns();
+        let shadow = self.opts.mode == Mode::Shadow;
         match p {
             Packet::Publish(p) => {
                 match p.qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => self.queue(&Packet::PubAck(PubResp::ok(p.pkid))),
                     QoS::ExactlyOnce => self.queue(&Packet::PubRec(PubResp::ok(p.pkid))),
+                }
+                if shadow {
+                    self.shadow_reply(&p.topic, &p.payload, now);
+                    return;
                 }
                 self.received += 1;
                 if p.payload.len() >= STAMP_LEN {
@@ -209,7 +236,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             Packet::PubRel(r) => self.queue(&Packet::PubComp(PubResp::ok(r.pkid))),
             Packet::PubAck(_) | Packet::PubComp(_) => {
-                self.outstanding = self.outstanding.saturating_sub(1);
+                // A shadow update ends with its reply, not its PUBACK.
+                if !shadow {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
             }
             Packet::PubRec(r) => self.queue(&Packet::PubRel(PubResp::ok(r.pkid))),
@@ -312,7 +342,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let pub_start = Instant::now();
     let mut next_send = pub_start;
     let publishing = role.publish.as_ref();
-    let window = if opts.qos == QoS::AtMostOnce { usize::MAX } else { opts.inflight.max(1) };
+    let window = if opts.qos == QoS::AtMostOnce && opts.mode != Mode::Shadow {
+        usize::MAX
+    } else {
+        opts.inflight.max(1)
+    };
     let result = loop {
         let more = publishing.is_some() && (opts.count == 0 || c.seq < opts.count);
         let can_send = more && c.outstanding < window;

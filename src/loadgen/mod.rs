@@ -45,6 +45,10 @@ pub enum Mode {
     Sub,
     /// Subscribers and publishers in one process: end-to-end latency, loss, duplicates.
     PubSub,
+    /// Devices updating their shadows (`$aws/things/{id}/shadow/update`, reported state
+    /// stamped with the send time), each waiting for `accepted` before the next update
+    /// (up to `inflight`): accepted updates per second and update-to-accepted latency.
+    Shadow,
 }
 
 impl Mode {
@@ -54,6 +58,7 @@ impl Mode {
             Mode::Pub => "pub",
             Mode::Sub => "sub",
             Mode::PubSub => "pubsub",
+            Mode::Shadow => "shadow",
         }
     }
 }
@@ -176,6 +181,7 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
         Mode::Pub => (0, opts.clients),
         Mode::Sub => (opts.clients, 0),
         Mode::PubSub => (opts.subscribers, opts.clients),
+        Mode::Shadow => (0, opts.clients),
     };
     if opts.mode == Mode::Conn {
         let roles = (0..opts.clients).map(|i| Role { index: i, publish: None, subscribe: None });
@@ -204,11 +210,14 @@ pub async fn run(opts: Opts) -> Result<Report, LoadgenError> {
     let roles = (0..n_pubs).map(|i| {
         let index = n_subs + i;
         let topic_index = if opts.mode == Mode::PubSub { i } else { index };
-        Role {
-            index,
-            publish: Some((opts.topic.replace("%i", &topic_index.to_string()), i as u32)),
-            subscribe: None,
-        }
+        let topic = match opts.mode {
+            Mode::Shadow => {
+                let thing = opts.id_prefix.replace("%i", &index.to_string());
+                format!("$aws/things/{thing}/shadow/update")
+            }
+            _ => opts.topic.replace("%i", &topic_index.to_string()),
+        };
+        Role { index, publish: Some((topic, i as u32)), subscribe: None }
     });
     spawn_paced(&mut pubs, roles, &opts, &stats, &pub_stop).await;
 

@@ -39,6 +39,8 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Shadow updates answered `rejected` (shadow mode).
+    pub rejected: AtomicU64,
     /// Sequence numbers skipped within one (publisher, subscriber) stream.
     pub gaps: AtomicU64,
     /// Nanoseconds since `start` of the first and last send and receive and of the first
@@ -69,6 +71,7 @@ impl Default for Stats {
             acked: AtomicU64::new(0),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             first_send: AtomicU64::new(u64::MAX),
             last_send: AtomicU64::new(0),
@@ -136,8 +139,13 @@ impl Stats {
     /// Messages lost: with `shared` every message goes to one subscriber, so it is what was
     /// sent minus what arrived once; otherwise gaps within each stream plus the tail each
     /// subscriber never got from a publisher it heard from.
-    fn lost(&self, shared: bool) -> u64 {
+    fn lost(&self, mode: &str, shared: bool) -> u64 {
         let received = self.received.load(Ordering::Relaxed);
+        if mode == "shadow" {
+            // Every update is answered, accepted or rejected.
+            let answered = received + self.rejected.load(Ordering::Relaxed);
+            return self.sent.load(Ordering::Relaxed).saturating_sub(answered);
+        }
         let dups = self.duplicates.load(Ordering::Relaxed);
         if shared {
             return self.sent.load(Ordering::Relaxed).saturating_sub(received - dups.min(received));
@@ -176,7 +184,8 @@ impl Stats {
             sent_per_sec: rate(sent, &self.first_send, &self.last_send),
             received,
             received_per_sec: rate(received, &self.first_recv, &self.last_recv),
-            lost: self.lost(shared),
+            lost: self.lost(mode, shared),
+            rejected: self.rejected.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             latency_us: Quantiles::of(&self.latency.lock()),
         }
@@ -224,6 +233,8 @@ pub struct Report {
     pub received_per_sec: f64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Shadow updates rejected (shadow mode).
+    pub rejected: u64,
     pub latency_us: Quantiles,
 }
 
@@ -250,14 +261,15 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "sent {} ({:.0}/s, {} acknowledged); received {} ({:.0}/s); lost {}; duplicates {}",
+            "sent {} ({:.0}/s, {} acknowledged); received {} ({:.0}/s); lost {}; duplicates {}; rejected {}",
             self.sent,
             self.sent_per_sec,
             self.acked,
             self.received,
             self.received_per_sec,
             self.lost,
-            self.duplicates
+            self.duplicates,
+            self.rejected
         )?;
         write!(f, "latency µs: {}", q(&self.latency_us))
     }
@@ -327,11 +339,11 @@ mod tests {
         st.subscriber_done([(1, 9), (2, 2)]);
         st.subscriber_done([(1, 7)]);
         st.gaps.store(1, Ordering::Relaxed);
-        assert_eq!(st.lost(false), 1 + 2 + 2);
+        assert_eq!(st.lost("pubsub", false), 1 + 2 + 2);
         // Shared: sent minus received once.
         st.sent(20);
         st.received(18, &[]);
         st.duplicates.store(1, Ordering::Relaxed);
-        assert_eq!(st.lost(true), 3);
+        assert_eq!(st.lost("pubsub", true), 3);
     }
 }

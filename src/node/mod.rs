@@ -55,6 +55,7 @@ pub struct Node {
     pub router: Arc<Router>,
     pub groups: Arc<Groups>,
     store: Store,
+    raft_log: Store,
     supervisor: ActorRef<SupervisorMsg>,
     shutdown: watch::Sender<bool>,
     conns_done: mpsc::Receiver<()>,
@@ -72,7 +73,11 @@ impl Node {
         let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
         let router =
             Arc::new(Router::new(store.clone(), metrics.clone(), cfg.mqtt.durable_inflight)?);
-        let groups = Arc::new(Groups::start(&store, &cfg.raft, metrics.clone()).await?);
+        // The Raft logs live in their own sled database: each append's flush then writes
+        // only log entries, not the state machines' pages (those are replayable from the
+        // log and are flushed before a snapshot lets the log be compacted).
+        let raft_log = Store::open(&cfg.node.data_dir.join("raft-log"), metrics.clone())?;
+        let groups = Arc::new(Groups::start(&store, &raft_log, &cfg.raft, metrics.clone()).await?);
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
         let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));
         let devices = Arc::new(Devices::new());
@@ -152,6 +157,7 @@ impl Node {
             router,
             groups,
             store,
+            raft_log,
             supervisor,
             shutdown,
             conns_done,
@@ -169,11 +175,17 @@ impl Node {
         let _ = self.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
         self.groups.shutdown().await;
         self.store.flush().await?;
+        self.raft_log.flush().await?;
         let closed = self.store.closed();
+        let log_closed = self.raft_log.closed();
         drop(self);
         // Every component holding the store has stopped; wait for sled to close so the
         // data directory can be reopened at once (restarts, in-process tests).
-        if tokio::time::timeout(Duration::from_secs(5), closed).await.is_err() {
+        let both = async move {
+            closed.await;
+            log_closed.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), both).await.is_err() {
             tracing::warn!(message = "storage still held after shutdown");
         }
         tracing::info!(message = "node stopped");

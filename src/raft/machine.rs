@@ -29,6 +29,21 @@ impl Kv for sled::Tree {
 /// One write: a key and its new value (`None` removes it).
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
+/// A view of `base` with the writes of earlier commands in the same batch on top.
+struct Overlay<'a, K: Kv> {
+    base: &'a K,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<K: Kv> Kv for Overlay<'_, K> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+}
+
 /// The key of a shadow: `d` `shadow` NUL thing NUL name (`""` for the classic shadow).
 /// Thing names cannot contain NUL, so keys of different things never collide.
 pub fn shadow_key(thing: &str, name: &str) -> Vec<u8> {
@@ -128,6 +143,28 @@ pub fn read_execution(
 /// Applies one command: the writes to make and the answer for the proposer.
 pub fn apply(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), StoreError> {
     match cmd {
+        Command::Batch(cmds) => {
+            let mut view = Overlay { base: kv, writes: BTreeMap::new() };
+            let mut all = Vec::new();
+            let mut answers = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                let (writes, resp) = apply_one(&view, c)?;
+                for (k, v) in writes {
+                    view.writes.insert(k.clone(), v.clone());
+                    all.push((k, v));
+                }
+                answers.push(resp);
+            }
+            Ok((all, Response::Batch(answers)))
+        }
+        other => apply_one(kv, other),
+    }
+}
+
+/// Applies one command that is not a batch.
+fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), StoreError> {
+    match cmd {
+        Command::Batch(_) => Err(StoreError::Codec("a batch inside a batch".into())),
         Command::PutShadow { thing, name, expect, value } => {
             let found = read_shadow(kv, thing, name)?.map(|s| s.version);
             if found != *expect {
@@ -201,6 +238,26 @@ mod tests {
         assert_eq!(run(&mut kv, &put(3, Some(2), None)), Response::Applied);
         let s = read_shadow(&kv, "t", "").unwrap().unwrap();
         assert_eq!((s.version, s.doc), (3, None));
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_sees_its_own_writes() {
+        let mut kv = BTreeMap::new();
+        let batch = Command::Batch(vec![
+            put(1, None, Some("{}")),
+            // Sees the first write: conflicts instead of overwriting it.
+            put(1, None, Some("{}")),
+            put(2, Some(1), Some("{\"a\":1}")),
+        ]);
+        assert_eq!(
+            run(&mut kv, &batch),
+            Response::Batch(vec![
+                Response::Applied,
+                Response::Conflict { found: Some(1) },
+                Response::Applied
+            ])
+        );
+        assert_eq!(read_shadow(&kv, "t", "").unwrap().unwrap().version, 2);
     }
 
     #[test]

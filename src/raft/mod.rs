@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot};
 
 pub use log_store::LogStore;
 pub use network::LocalOnly;
@@ -58,9 +59,78 @@ pub enum WriteError {
     Unavailable { group: GroupId, reason: String },
 }
 
+/// A command waiting for its group's next proposal, and where its answer goes.
+type Pending = (Command, oneshot::Sender<Result<Response, WriteError>>);
+
 struct Group {
     raft: Raft,
     data: sled::Tree,
+    /// To the group's proposer task, which batches what arrives while a proposal is in
+    /// flight into the next log entry.
+    proposals: mpsc::UnboundedSender<Pending>,
+}
+
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 1024;
+
+/// Proposes what arrives for one group: one proposal in flight; commands that arrive
+/// meanwhile go together into the next entry. openraft 0.9 appends and flushes each
+/// client write before taking the next, so without this every command would cost a flush.
+async fn proposer(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        metrics.raft_batch.observe(batch.len() as f64);
+        let (cmds, replies): (Vec<Command>, Vec<_>) =
+            std::mem::take(&mut batch).into_iter().unzip();
+        let single = cmds.len() == 1;
+        let cmd = if single {
+            cmds.into_iter().next().unwrap_or(Command::Batch(Vec::new()))
+        } else {
+            Command::Batch(cmds)
+        };
+        let res = match raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(WriteError::NotLeader(group))
+            }
+            Err(e) => Err(WriteError::Unavailable { group, reason: e.to_string() }),
+        };
+        match res {
+            Ok(Response::Batch(answers)) if !single && answers.len() == replies.len() => {
+                for (tx, a) in replies.into_iter().zip(answers) {
+                    let _ = tx.send(Ok(a));
+                }
+            }
+            Ok(answer) if single => {
+                for tx in replies {
+                    let _ = tx.send(Ok(answer.clone()));
+                }
+            }
+            Ok(other) => {
+                let reason = format!("unexpected answer to a batch: {other:?}");
+                for tx in replies {
+                    let _ = tx.send(Err(WriteError::Unavailable { group, reason: reason.clone() }));
+                }
+            }
+            Err(e) => {
+                for tx in replies {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Every Raft group of this node. Cheap to share behind an `Arc`.
@@ -88,9 +158,11 @@ pub fn shard_of(device: &str, shards: u32) -> GroupId {
 
 impl Groups {
     /// Opens every group, initializing fresh ones with this node as the only voter, and
-    /// waits until this node leads each of them.
+    /// waits until this node leads each of them. State machines live in `store`, logs (and
+    /// votes) in `log`, which may be a separate database so that appends flush only logs.
     pub async fn start(
         store: &Store,
+        log: &Store,
         cfg: &RaftConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Groups, RaftStartError> {
@@ -126,17 +198,19 @@ impl Groups {
         let mut groups = Vec::with_capacity(cfg.shards as usize + 1);
         for g in 0..=cfg.shards {
             let err = |reason: String| RaftStartError::Group { group: g, reason };
-            let log = LogStore::open(store, g)?;
+            let log_store = LogStore::open(log, g)?;
             let sm = StateMachine::open(store, g)?;
             let data = sm.tree();
-            let raft = Raft::new(cfg.node_id, config.clone(), LocalOnly, log, sm)
+            let raft = Raft::new(cfg.node_id, config.clone(), LocalOnly, log_store, sm)
                 .await
                 .map_err(|e| err(e.to_string()))?;
             if !raft.is_initialized().await.map_err(|e| err(e.to_string()))? {
                 let members = BTreeMap::from([(cfg.node_id, BasicNode::default())]);
                 raft.initialize(members).await.map_err(|e| err(e.to_string()))?;
             }
-            groups.push(Group { raft, data });
+            let (proposals, rx) = mpsc::unbounded_channel();
+            tokio::spawn(proposer(g, raft.clone(), rx, metrics.clone()));
+            groups.push(Group { raft, data, proposals });
         }
         for (g, group) in groups.iter().enumerate() {
             // A restarted single voter elects itself after one election timeout.
@@ -169,21 +243,20 @@ impl Groups {
     }
 
     /// Proposes `cmd` to `group` and waits until it is committed (durable on a majority)
-    /// and applied here.
+    /// and applied here. Commands of many callers share a log entry (see [`proposer`]).
     pub async fn write(&self, group: GroupId, cmd: Command) -> Result<Response, WriteError> {
         let Some(g) = self.groups.get(group as usize) else {
             return Err(WriteError::Unavailable { group, reason: "no such group".into() });
         };
         let started = Instant::now();
-        let res = g.raft.client_write(cmd).await;
-        self.metrics.raft_write_seconds.observe(started.elapsed().as_secs_f64());
-        let out = match res {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(WriteError::NotLeader(group))
-            }
-            Err(e) => Err(WriteError::Unavailable { group, reason: e.to_string() }),
+        let (tx, rx) = oneshot::channel();
+        let out = match g.proposals.send((cmd, tx)) {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(WriteError::Unavailable { group, reason: "group stopped".into() })
+            }),
+            Err(_) => Err(WriteError::Unavailable { group, reason: "group stopped".into() }),
         };
+        self.metrics.raft_write_seconds.observe(started.elapsed().as_secs_f64());
         let label = match &out {
             Ok(Response::Conflict { .. }) => "conflict",
             Ok(_) => "applied",

@@ -52,6 +52,9 @@ pub enum Command {
     /// Writes one job execution if its stored version is still `expect`, keeping the
     /// per-job and timeout indexes in step. Shard groups.
     PutExecution { expect: Option<u64>, value: Execution },
+    /// Many proposers' commands in one log entry (one append, one flush), applied in
+    /// order; each sees the writes of those before it.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command produced.
@@ -63,4 +66,6 @@ pub enum Response {
     Applied,
     /// The stored version was not the expected one; nothing changed.
     Conflict { found: Option<u64> },
+    /// The answers to a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }

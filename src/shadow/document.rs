@@ -9,6 +9,12 @@
 
 use serde_json::{json, Map, Value};
 
+/// Builds a JSON object from owned parts (no `to_value` round trip, unlike `json!` with
+/// maps inside).
+fn object<const N: usize>(parts: [(&str, Value); N]) -> Value {
+    Value::Object(parts.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
 /// The limits a request is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -82,10 +88,13 @@ pub struct UpdateRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Updated {
     pub shadow: Shadow,
+    /// The new shadow's stored form ([`Shadow::to_stored`]).
+    pub stored: String,
     pub accepted: Value,
     /// For `/update/delta`, when the update set desired keys that differ from reported.
     pub delta: Option<Value>,
-    pub documents: Value,
+    /// For `/update/documents`, when someone listens.
+    pub documents: Option<Value>,
 }
 
 fn token_of(v: &Value) -> Result<Option<String>, Rejection> {
@@ -276,7 +285,11 @@ impl Shadow {
 
     /// The stored form: `{"state": ..., "metadata": ...}` as JSON text.
     pub fn to_stored(&self) -> String {
-        json!({"state": self.state, "metadata": self.metadata}).to_string()
+        object([
+            ("state", Value::Object(self.state.clone())),
+            ("metadata", Value::Object(self.metadata.clone())),
+        ])
+        .to_string()
     }
 
     /// Reads the stored form back.
@@ -301,7 +314,12 @@ impl Shadow {
         if !d.is_empty() {
             state.insert("delta".into(), Value::Object(d));
         }
-        let mut v = json!({"state": state, "metadata": self.metadata, "version": self.version, "timestamp": now});
+        let mut v = object([
+            ("state", Value::Object(state)),
+            ("metadata", Value::Object(self.metadata.clone())),
+            ("version", self.version.into()),
+            ("timestamp", now.into()),
+        ]);
         if let Some(t) = client_token {
             v["clientToken"] = Value::String(t.into());
         }
@@ -310,18 +328,23 @@ impl Shadow {
 
     /// One side of `/update/documents`.
     fn document(&self) -> Value {
-        json!({"state": self.state, "metadata": self.metadata, "version": self.version})
+        object([
+            ("state", Value::Object(self.state.clone())),
+            ("metadata", Value::Object(self.metadata.clone())),
+            ("version", self.version.into()),
+        ])
     }
 
     /// Applies an update to this shadow (`existed`: whether it exists now, for the
-    /// `documents` message). Fails with 409 on a version mismatch and 413 when the result
-    /// is too large.
+    /// `documents` message, which is built only if `wants_documents`). Fails with 409 on
+    /// a version mismatch and 413 when the result is too large.
     pub fn update(
         &self,
         existed: bool,
         req: &UpdateRequest,
         now: u64,
         limits: Limits,
+        wants_documents: bool,
     ) -> Result<Updated, Rejection> {
         let reject = |r: Rejection| r.with_token(req.client_token.clone());
         if let Some(v) = req.version {
@@ -349,7 +372,8 @@ impl Shadow {
                 }
             }
         }
-        if next.to_stored().len() > limits.max_document_bytes {
+        let stored = next.to_stored();
+        if stored.len() > limits.max_document_bytes {
             return Err(reject(Rejection::new(
                 413,
                 "The payload exceeds the maximum size allowed",
@@ -361,12 +385,12 @@ impl Shadow {
             }
             v
         };
-        let accepted = token(json!({
-            "state": req.state,
-            "metadata": accepted_meta,
-            "version": next.version,
-            "timestamp": now,
-        }));
+        let accepted = token(object([
+            ("state", Value::Object(req.state.clone())),
+            ("metadata", Value::Object(accepted_meta)),
+            ("version", next.version.into()),
+            ("timestamp", now.into()),
+        ]));
         // Delta: the desired keys this update set that now differ from reported.
         let delta = match (req.state.get("desired"), section(&next.state, "desired")) {
             (Some(Value::Object(asked)), Some(desired)) => {
@@ -375,22 +399,25 @@ impl Shadow {
                     full.into_iter().filter(|(k, _)| asked.contains_key(k)).collect();
                 (!d.is_empty()).then(|| {
                     let meta = section(&next.metadata, "desired").cloned().unwrap_or_default();
-                    token(json!({
-                        "version": next.version,
-                        "timestamp": now,
-                        "state": d,
-                        "metadata": metadata_for(&d, &meta),
-                    }))
+                    let metadata = metadata_for(&d, &meta);
+                    token(object([
+                        ("version", next.version.into()),
+                        ("timestamp", now.into()),
+                        ("state", Value::Object(d)),
+                        ("metadata", Value::Object(metadata)),
+                    ]))
                 })
             }
             _ => None,
         };
-        let mut documents = json!({"current": next.document(), "timestamp": now});
-        if existed {
-            documents["previous"] = self.document();
-        }
-        let documents = token(documents);
-        Ok(Updated { shadow: next, accepted, delta, documents })
+        let documents = wants_documents.then(|| {
+            let mut documents = object([("current", next.document()), ("timestamp", now.into())]);
+            if existed {
+                documents["previous"] = self.document();
+            }
+            token(documents)
+        });
+        Ok(Updated { stored, shadow: next, accepted, delta, documents })
     }
 }
 

@@ -130,18 +130,20 @@ impl Shadows {
     }
 
     /// Serves one request for `thing` (whose device actor calls this) and returns the
-    /// replies to publish.
+    /// replies to publish. `listening` tells whether a topic has subscribers: the
+    /// `documents` message is only built for them.
     pub async fn handle(
         &self,
         cache: &mut ShadowCache,
         topic: &RequestTopic,
         payload: &[u8],
         now_ms: u64,
+        listening: &(dyn Fn(&str) -> bool + Sync),
     ) -> Vec<Reply> {
         let now = now_s(now_ms);
         let res = match topic.op {
             Op::Get => self.get(cache, topic, payload, now_ms),
-            Op::Update => self.update(cache, topic, payload, now_ms).await,
+            Op::Update => self.update(cache, topic, payload, now_ms, listening).await,
             Op::Delete => self.delete(cache, topic, payload, now_ms).await,
         };
         let op = topic.op.as_str();
@@ -186,6 +188,7 @@ impl Shadows {
         t: &RequestTopic,
         payload: &[u8],
         now_ms: u64,
+        listening: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<Reply>, Rejection> {
         let req = document::parse_update(payload, self.limits())?;
         let with = |r: Rejection| r.with_token(req.client_token.clone());
@@ -206,11 +209,13 @@ impl Shadows {
             )));
         }
         let c = self.load(cache, &t.thing, &t.shadow, now_ms).map_err(with)?;
-        let updated = c.shadow.update(exists, &req, now_s(now_ms), self.limits())?;
+        let documents = t.reply("documents");
+        let updated =
+            c.shadow.update(exists, &req, now_s(now_ms), self.limits(), listening(&documents))?;
         let value = StoredShadow {
             version: updated.shadow.version,
             updated_ms: now_ms,
-            doc: Some(updated.shadow.to_stored()),
+            doc: Some(updated.stored),
         };
         self.write(cache, t, stored, value).await.map_err(with)?;
         cache.insert(
@@ -225,11 +230,9 @@ impl Shadows {
         if let Some(d) = updated.delta {
             replies.push(Reply { topic: t.reply("delta"), payload: d, to_requester: false });
         }
-        replies.push(Reply {
-            topic: t.reply("documents"),
-            payload: updated.documents,
-            to_requester: false,
-        });
+        if let Some(d) = updated.documents {
+            replies.push(Reply { topic: documents, payload: d, to_requester: false });
+        }
         Ok(replies)
     }
 

@@ -15,7 +15,7 @@ fn rejected(v: &[u8]) -> Rejection {
 }
 
 fn apply(s: &Shadow, v: Value, now: u64) -> Result<Updated, Rejection> {
-    s.update(s.version > 0, &req(v), now, LIMITS)
+    s.update(s.version > 0, &req(v), now, LIMITS, true)
 }
 
 #[test]
@@ -123,13 +123,13 @@ fn delta_holds_differing_desired_keys_never_reported_only_ones() {
 #[test]
 fn documents_carry_previous_and_current() {
     let first = apply(&Shadow::empty(0), json!({"state": {"reported": {"a": 1}}}), 1).unwrap();
-    assert!(first.documents.get("previous").is_none());
-    assert_eq!(first.documents["current"]["version"], 1);
+    assert!(first.documents.as_ref().unwrap().get("previous").is_none());
+    assert_eq!(first.documents.as_ref().unwrap()["current"]["version"], 1);
     let second = apply(&first.shadow, json!({"state": {"reported": {"a": 2}}}), 2).unwrap();
-    assert_eq!(second.documents["previous"]["state"]["reported"]["a"], 1);
-    assert_eq!(second.documents["previous"]["version"], 1);
-    assert_eq!(second.documents["current"]["state"]["reported"]["a"], 2);
-    assert_eq!(second.documents["current"]["version"], 2);
+    assert_eq!(second.documents.as_ref().unwrap()["previous"]["state"]["reported"]["a"], 1);
+    assert_eq!(second.documents.as_ref().unwrap()["previous"]["version"], 1);
+    assert_eq!(second.documents.as_ref().unwrap()["current"]["state"]["reported"]["a"], 2);
+    assert_eq!(second.documents.as_ref().unwrap()["current"]["version"], 2);
 }
 
 #[test]
@@ -184,6 +184,7 @@ fn size_limits_give_413() {
             .unwrap(),
             1,
             small,
+            true,
         )
         .unwrap()
         .shadow;
@@ -192,7 +193,7 @@ fn size_limits_give_413() {
         let r = format!(
             r#"{{"state":{{"reported":{{"k{i}":"0123456789012345678901234567890123456789"}}}}}}"#
         );
-        match s.update(true, &parse_update(r.as_bytes(), small).unwrap(), 1, small) {
+        match s.update(true, &parse_update(r.as_bytes(), small).unwrap(), 1, small, true) {
             Ok(u) => s = u.shadow,
             Err(e) => {
                 last = Err(e);

@@ -121,6 +121,8 @@ pub struct Metrics {
     pub raft_writes: IntCounterVec,
     /// Time from proposing a command to its being applied.
     pub raft_write_seconds: Histogram,
+    /// Commands carried by one Raft log entry (batching of many devices' writes).
+    pub raft_batch: Histogram,
     /// Shadow requests by operation and outcome (`accepted`, or the rejection code).
     pub shadow_requests: IntCounterVec,
     /// Jobs requests and service calls by operation and outcome.
@@ -253,6 +255,11 @@ impl Metrics {
                 "homeport_raft_write_seconds",
                 "Time from proposing a Raft command to its being applied",
                 prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            raft_batch: histogram(
+                "homeport_raft_batch_commands",
+                "Commands carried by one Raft log entry",
+                prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
             ),
             shadow_requests: counter_vec(
                 "homeport_shadow_requests_total",
