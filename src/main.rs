@@ -1,6 +1,7 @@
-//! The `homeport` binary: `serve`, `gen-config`, `check-config`, `bench`.
+//! The `homeport` binary: `serve`, `ctl`, `gen-config`, `check-config`, `bench`.
 
 mod bench;
+mod ctl;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +27,10 @@ enum Cmd {
     GenConfig,
     /// Validate a configuration file; names the bad field.
     CheckConfig { file: PathBuf },
-    /// Load generator (conn, pub, sub, pubsub) against any MQTT broker.
+    /// Load generator (conn, pub, sub, pubsub, shadow) against any MQTT broker.
     Bench(bench::BenchArgs),
+    /// Talk to a node's admin API: shadows and jobs.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
             Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
         },
         Cmd::Bench(args) => bench::main(args),
+        Cmd::Ctl(args) => ctl::main(args),
         Cmd::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

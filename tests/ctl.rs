@@ -1,0 +1,99 @@
+//! `homeport ctl` (the binary) against a node's admin API: shadows and jobs, tables and
+//! `--json`, and errors that name the field or repeat the API's code.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `homeport ctl --admin ADDR args...`: (success, stdout, stderr).
+async fn ctl(admin: std::net::SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["ctl".to_string(), "--admin".into(), admin.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_homeport")).args(&all).output().expect("binary runs")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drives_shadows_and_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let admin = node.admin_addr.unwrap();
+
+    let (ok, out, err) =
+        ctl(admin, &["shadows", "update", "fan-1", "--desired", r#"{"speed":3}"#]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "updated fan-1: version 1");
+    let (ok, out, _) = ctl(admin, &["--json", "shadows", "get", "fan-1"]).await;
+    assert!(ok);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["state"]["desired"]["speed"], 3);
+    assert_eq!(doc["state"]["delta"]["speed"], 3);
+    // Errors: a bad flag value is named; an API error repeats its status and code.
+    let (ok, _, err) = ctl(admin, &["shadows", "update", "fan-1", "--desired", "{oops"]).await;
+    assert!(!ok);
+    assert!(err.contains("--desired: not valid JSON"), "{err}");
+    let (ok, _, err) = ctl(admin, &["shadows", "get", "nobody"]).await;
+    assert!(!ok);
+    assert!(err.contains("404 not_found"), "{err}");
+    let (ok, _, err) =
+        ctl(admin, &["shadows", "update", "fan-1", "--reported", "{}", "--version", "9"]).await;
+    assert!(!ok);
+    assert!(err.contains("409 version_conflict"), "{err}");
+
+    let (ok, out, err) = ctl(
+        admin,
+        &[
+            "jobs",
+            "create",
+            "j-ctl",
+            "--targets",
+            "fan-1,fan-2",
+            "--document",
+            r#"{"op":"x"}"#,
+            "--max-per-minute",
+            "100",
+            "--retry",
+            "FAILED:1",
+            "--abort",
+            "ALL:50:5",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "created job j-ctl for 2 things");
+    let (ok, out, _) = ctl(admin, &["jobs", "list"]).await;
+    assert!(ok);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("JOB"));
+    assert!(lines.next().unwrap().starts_with("j-ctl"));
+    let (ok, out, _) = ctl(admin, &["jobs", "describe", "j-ctl"]).await;
+    assert!(ok);
+    assert!(out.contains("numberOfPendingRollout"), "{out}");
+    let (ok, _, err) = ctl(admin, &["jobs", "cancel", "j-ctl", "--force"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(admin, &["jobs", "cancel", "j-ctl"]).await;
+    assert!(!ok);
+    assert!(err.contains("409"), "{err}");
+    let (ok, out, _) = ctl(admin, &["--json", "jobs", "executions", "j-ctl"]).await;
+    assert!(ok);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["executionSummaries"].is_array());
+    let (ok, _, err) = ctl(
+        admin,
+        &["jobs", "create", "j2", "--targets", "a", "--document", "{}", "--retry", "FAILED"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("--retry FAILED: expected TYPE:N"), "{err}");
+    node.shutdown().await.unwrap();
+}
