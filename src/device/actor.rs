@@ -699,8 +699,8 @@ impl DeviceActor {
             }
             DeviceMsg::Jobs(req) => {
                 let req = *req;
-                let replies = state.ctx.jobs.handle(&state.client, req.call, now_ms()).await;
-                for r in &replies {
+                let outcome = state.ctx.jobs.handle(&state.client, req.call, now_ms()).await;
+                for r in &outcome.replies {
                     let to = if r.to_requester { req.requester.as_ref() } else { None };
                     // Rejections answer an MQTT requester only.
                     if r.topic.ends_with("/rejected") && to.is_none() {
@@ -709,7 +709,7 @@ impl DeviceActor {
                     state.ctx.router.publish_reply(&r.topic, &r.payload, to);
                 }
                 if let Some(tx) = req.reply {
-                    let _ = tx.send(replies);
+                    let _ = tx.send(outcome);
                 }
             }
             DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),

@@ -23,7 +23,7 @@ pub use supervisor::{DeviceSupervisor, SupervisorMsg};
 
 use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
-use crate::jobs::{Jobs, JobsCall};
+use crate::jobs::{Jobs, JobsCall, Outcome};
 use crate::mqtt::{ReasonCode, SubOptions};
 use crate::session::{Inflight, StoredWill};
 use crate::shadow::{Reply, RequestTopic, Shadows};
@@ -126,8 +126,8 @@ pub struct JobsRequest {
     pub call: JobsCall,
     /// The MQTT client that published the request.
     pub requester: Option<Arc<SessionSlot>>,
-    /// Whoever waits for the replies (scheduler, admin API).
-    pub reply: Option<oneshot::Sender<Vec<Reply>>>,
+    /// Whoever waits for the outcome (the scheduler).
+    pub reply: Option<oneshot::Sender<Outcome>>,
 }
 
 /// A shadow request and where its answer goes.
@@ -281,13 +281,13 @@ impl Devices {
     }
 
     /// Hands a jobs call to `thing`'s device actor (spawning it); the receiver gets the
-    /// replies once it is done.
+    /// outcome once it is done.
     pub fn jobs(
         &self,
         thing: &str,
         call: JobsCall,
         requester: Option<Arc<SessionSlot>>,
-    ) -> oneshot::Receiver<Vec<Reply>> {
+    ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         let thing: Arc<str> = Arc::from(thing);
         let slot = self.get_slot(&thing);

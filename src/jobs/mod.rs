@@ -39,6 +39,14 @@ pub enum JobsCall {
     Cancel { job_id: String, force: bool },
 }
 
+/// What a jobs call came to: the replies and notifications to publish, and whether the
+/// call succeeded (a request answered `accepted`, a service call done).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub replies: Vec<Reply>,
+    pub ok: bool,
+}
+
 /// The node's jobs service.
 pub struct Jobs {
     groups: Arc<Groups>,
@@ -182,11 +190,11 @@ impl Jobs {
     }
 
     /// Serves one call for `thing` and returns the replies and notifications to publish.
-    pub async fn handle(&self, thing: &str, call: JobsCall, now_ms: u64) -> Vec<Reply> {
+    pub async fn handle(&self, thing: &str, call: JobsCall, now_ms: u64) -> Outcome {
         let now = now_ms / 1000;
         let before = match self.executions(thing) {
             Ok(b) => b,
-            Err(e) => return self.reject(&call, e, now, None),
+            Err(e) => return Outcome { replies: self.reject(&call, e, now, None), ok: false },
         };
         let res = match &call {
             JobsCall::Request { topic, payload } => match model::parse_request(payload) {
@@ -227,12 +235,14 @@ impl Jobs {
                 self.count(&call, "accepted");
                 r
             }
-            Err((e, token)) => return self.reject(&call, e, now, token.as_deref()),
+            Err((e, token)) => {
+                return Outcome { replies: self.reject(&call, e, now, token.as_deref()), ok: false }
+            }
         };
         if let Ok(after) = self.executions(thing) {
             replies.extend(self.notifications(thing, &before, &after, now));
         }
-        replies
+        Outcome { replies, ok: true }
     }
 
     fn count(&self, call: &JobsCall, result: &str) {

@@ -19,6 +19,8 @@ use crate::telemetry::Metrics;
 
 /// How long the scheduler waits for a device actor to take a call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Device actors asked at once (their Raft writes then share log entries).
+const PARALLEL: usize = 512;
 
 pub struct Scheduler {
     jobs: Arc<Jobs>,
@@ -57,7 +59,20 @@ pub fn spawn(
 impl Scheduler {
     async fn call(&self, thing: &str, call: JobsCall) -> bool {
         let rx = self.devices.jobs(thing, call, None);
-        matches!(tokio::time::timeout(CALL_TIMEOUT, rx).await, Ok(Ok(_)))
+        matches!(tokio::time::timeout(CALL_TIMEOUT, rx).await, Ok(Ok(o)) if o.ok)
+    }
+
+    /// Asks many device actors, [`PARALLEL`] at a time; whether each call was taken, in
+    /// order.
+    async fn call_all(&self, calls: Vec<(String, JobsCall)>) -> Vec<bool> {
+        let mut out = Vec::with_capacity(calls.len());
+        let mut calls = calls.into_iter().peekable();
+        while calls.peek().is_some() {
+            let chunk: Vec<_> = calls.by_ref().take(PARALLEL).collect();
+            let futs = chunk.iter().map(|(thing, call)| self.call(thing, call.clone()));
+            out.extend(futures_util::future::join_all(futs).await);
+        }
+        out
     }
 
     async fn tick(&mut self) {
@@ -80,9 +95,11 @@ impl Scheduler {
                 _ => {}
             }
         }
-        for (thing, job_id) in self.jobs.due_timeouts(now_ms()) {
-            self.call(&thing, JobsCall::Timeout { job_id }).await;
-        }
+        let due = self.jobs.due_timeouts(now_ms());
+        self.call_all(
+            due.into_iter().map(|(t, job_id)| (t, JobsCall::Timeout { job_id })).collect(),
+        )
+        .await;
     }
 
     /// Abort check, rollout and completion of one job in progress.
@@ -131,13 +148,15 @@ impl Scheduler {
             if n == 0 {
                 return;
             }
-            let mut done = 0;
-            for thing in &job.targets[job.rolled_out..job.rolled_out + n] {
-                if !self.call(thing, JobsCall::Queue { job_id: job.job_id.clone() }).await {
-                    break;
-                }
-                done += 1;
-            }
+            // At most one parallel round per tick for a job without a rate.
+            let n = n.min(PARALLEL);
+            let calls = job.targets[job.rolled_out..job.rolled_out + n]
+                .iter()
+                .map(|t| (t.clone(), JobsCall::Queue { job_id: job.job_id.clone() }))
+                .collect();
+            // The rollout moves past the leading targets that were queued; queueing is
+            // idempotent, so later ones that succeeded are harmlessly asked again.
+            let done = self.call_all(calls).await.iter().take_while(|ok| **ok).count();
             self.metrics.jobs_executions_created.inc_by(done as u64);
             if done > 0 {
                 let expect = Some(job.version);
@@ -163,11 +182,15 @@ impl Scheduler {
     /// Cancels the pending executions of a canceled job, then marks it done.
     async fn cancel(&mut self, mut job: Job) {
         let Ok(execs) = self.jobs.job_executions(&job.job_id) else { return };
-        for e in execs.iter().filter(|e| !e.status.terminal()) {
-            let call = JobsCall::Cancel { job_id: job.job_id.clone(), force: job.force_canceled };
-            if !self.call(&e.thing, call).await {
-                return;
-            }
+        let call = JobsCall::Cancel { job_id: job.job_id.clone(), force: job.force_canceled };
+        let calls: Vec<_> = execs
+            .iter()
+            .filter(|e| !e.status.terminal())
+            .map(|e| (e.thing.clone(), call.clone()))
+            .collect();
+        if !self.call_all(calls).await.iter().all(|ok| *ok) {
+            // Tried again next tick.
+            return;
         }
         let expect = Some(job.version);
         job.cancel_done = true;
