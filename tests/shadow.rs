@@ -255,3 +255,34 @@ async fn presence_events_follow_connections() {
     );
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_device_actor_keeps_its_shadow() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let base = "$aws/things/crashy/shadow";
+    let (dev, mut ev) = connected(&node, "crashy", &[]).await;
+    for v in 1..=3 {
+        let body = json!({"state": {"reported": {"n": v}}});
+        dev.publish(format!("{base}/update"), QoS::AtLeastOnce, false, body.to_string())
+            .await
+            .unwrap();
+        let (topic, _) = next(&mut ev).await;
+        assert_eq!(topic, format!("{base}/update/accepted"));
+    }
+    let restarts = metric(&node, "homeport_device_actor_restarts_total").await;
+    assert!(node.devices.inject_panic("crashy"));
+    metric_reaches(&node, "homeport_device_actor_restarts_total", restarts + 1.0).await;
+    dev.publish(
+        format!("{base}/update"),
+        QoS::AtLeastOnce,
+        false,
+        r#"{"state":{"reported":{"n":4}},"version":3}"#,
+    )
+    .await
+    .unwrap();
+    let (topic, body) = next(&mut ev).await;
+    assert_eq!(topic, format!("{base}/update/accepted"), "{body}");
+    assert_eq!(body["version"], 4);
+    node.shutdown().await.unwrap();
+}
