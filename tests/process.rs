@@ -1,6 +1,7 @@
 //! The `homeport` binary as a separate process: `kill -9` in the middle of deliveries loses
-//! no acknowledged message (offline queues and the in-flight journal), and SIGTERM
-//! disconnects clients with 0x8B, flushes and exits 0.
+//! no acknowledged message (offline queues and the in-flight journal), nor an accepted
+//! shadow update or job execution change; SIGTERM disconnects clients with 0x8B, flushes
+//! and exits 0.
 
 mod common;
 
@@ -19,6 +20,15 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
 struct Proc {
     child: Child,
     mqtt: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// The address logged as `"{key}":"Some(ADDR)"` in the json start line.
+fn logged_addr(line: &str, key: &str) -> SocketAddr {
+    let tag = format!("\"{key}\":\"Some(");
+    let at = line.find(&tag).unwrap_or_else(|| panic!("{key} address logged")) + tag.len();
+    let end = line[at..].find(')').expect("address ends") + at;
+    line[at..end].parse().expect("socket address")
 }
 
 impl Proc {
@@ -34,19 +44,17 @@ impl Proc {
             .expect("binary starts");
         let out = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(out).lines();
-        let mqtt = loop {
+        let (mqtt, admin) = loop {
             let line = lines.next().expect("node logs its start").expect("log line");
             if !line.contains("node started") {
                 continue;
             }
-            // json log: "mqtt":"Some(127.0.0.1:PORT)"
-            let at = line.find("\"mqtt\":\"Some(").expect("mqtt address logged") + 13;
-            let end = line[at..].find(')').expect("address ends") + at;
-            break line[at..end].parse().expect("socket address");
+            // json log: "mqtt":"Some(127.0.0.1:PORT)", "admin":"Some(...)"
+            break (logged_addr(&line, "mqtt"), logged_addr(&line, "admin"));
         };
         // Keep draining the log so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Proc { child, mqtt }
+        Proc { child, mqtt, admin }
     }
 
     fn signal(&self, sig: &str) {
@@ -218,4 +226,68 @@ async fn kill_9_keeps_accepted_shadow_updates() {
     .await;
     assert_eq!(doc["version"], N);
     assert_eq!(doc["state"]["reported"]["reading"], N);
+}
+
+/// A job execution the device moved to IN_PROGRESS (answered `accepted`) is still in
+/// progress after `kill -9`, and the rollout state of the job survives too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_job_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Proc::spawn(dir.path());
+    let job = r#"{"jobId":"k9","document":{"op":"x"},"targets":["gw-1","gw-2"]}"#;
+    let (status, body) = http(node.admin, "POST", "/api/jobs", job).await;
+    assert_eq!(status, 201, "{body}");
+    let (c, mut ev) = client("gw-1", node.mqtt, true);
+    connack(&mut ev).await;
+    // The rollout reaches gw-1 within a scheduler tick; start-next until it has.
+    let started: serde_json::Value = tokio::time::timeout(WAIT, async {
+        loop {
+            c.publish("$aws/things/gw-1/jobs/start-next", QoS::AtLeastOnce, false, "{}")
+                .await
+                .unwrap();
+            let v: serde_json::Value = until(&mut ev, |e| match e {
+                Event::Incoming(RPacket::Publish(p))
+                    if p.topic.ends_with("start-next/accepted") =>
+                {
+                    let _ = c.try_ack(p);
+                    Some(serde_json::from_slice(&p.payload).unwrap())
+                }
+                Event::Incoming(RPacket::Publish(p)) => {
+                    let _ = c.try_ack(p);
+                    None
+                }
+                _ => None,
+            })
+            .await;
+            if v.get("execution").is_some() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("execution queued");
+    assert_eq!(started["execution"]["status"], "IN_PROGRESS");
+    let mut node = node;
+    node.child.kill().expect("SIGKILL");
+    node.child.wait().unwrap();
+    drop((c, ev));
+
+    let node = Proc::spawn(dir.path());
+    let (c, mut ev) = client("gw-1", node.mqtt, true);
+    connack(&mut ev).await;
+    c.publish("$aws/things/gw-1/jobs/get", QoS::AtLeastOnce, false, "{}").await.unwrap();
+    let pending: serde_json::Value = until(&mut ev, |e| match e {
+        Event::Incoming(RPacket::Publish(p)) if p.topic.ends_with("jobs/get/accepted") => {
+            let _ = c.try_ack(p);
+            Some(serde_json::from_slice(&p.payload).unwrap())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(pending["inProgressJobs"][0]["jobId"], "k9", "{pending}");
+    let (status, body) = http_get(node.admin, "/api/jobs/k9").await;
+    assert_eq!(status, 200);
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["job"]["jobProcessDetails"]["numberOfInProgressThings"], 1, "{j}");
 }
