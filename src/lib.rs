@@ -8,6 +8,7 @@
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state.
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
+//! - [`registry`]: registered things (attributes, groups) and thing groups.
 //! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
@@ -25,6 +26,7 @@ pub mod loadgen;
 pub mod mqtt;
 pub mod node;
 pub mod raft;
+pub mod registry;
 pub mod session;
 pub mod shadow;
 pub mod store;

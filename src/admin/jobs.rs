@@ -73,10 +73,15 @@ fn parse_job(body: &Value, now: u64) -> Result<Job, String> {
     let targets: Vec<String> = match body.get("targets") {
         Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_TARGETS => {
             let mut out = Vec::with_capacity(a.len());
+            let mut seen = std::collections::HashSet::new();
             for t in a {
+                let valid = |s: &str| match s.strip_prefix("group/") {
+                    Some(g) => valid_name(g, MAX_THING_NAME),
+                    None => valid_name(s, MAX_THING_NAME),
+                };
                 match t.as_str() {
-                    Some(s) if valid_name(s, MAX_THING_NAME) => {
-                        if !out.iter().any(|x: &String| x == s) {
+                    Some(s) if valid(s) => {
+                        if seen.insert(s) {
                             out.push(s.to_string());
                         }
                     }
@@ -184,10 +189,36 @@ pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Res
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return bad("body: not valid JSON");
     };
-    let job = match parse_job(&body, now_ms() / 1000) {
+    let mut job = match parse_job(&body, now_ms() / 1000) {
         Ok(j) => j,
         Err(m) => return bad(m),
     };
+    // Groups are expanded to their things now (a snapshot of membership, as AWS's
+    // SNAPSHOT jobs do).
+    let mut targets: Vec<String> = Vec::with_capacity(job.targets.len());
+    let mut seen = std::collections::HashSet::new();
+    for t in std::mem::take(&mut job.targets) {
+        let things = match t.strip_prefix("group/") {
+            None => vec![t],
+            Some(g) => match s.registry.group(g) {
+                Ok(Some(_)) => match s.registry.members(g) {
+                    Ok(m) => m,
+                    Err(e) => return internal(&e.to_string()),
+                },
+                Ok(None) => return bad(format!("targets: no group {g}")),
+                Err(e) => return internal(&e.to_string()),
+            },
+        };
+        for thing in things {
+            if seen.insert(thing.clone()) {
+                targets.push(thing);
+            }
+        }
+    }
+    if targets.is_empty() || targets.len() > MAX_TARGETS {
+        return bad(format!("targets: 1 to {MAX_TARGETS} things after expanding groups"));
+    }
+    job.targets = targets;
     let out = json!({"jobId": job.job_id, "description": job.description});
     match s.jobs.put_job(None, job).await {
         Ok(true) => (StatusCode::CREATED, Json(out)).into_response(),

@@ -1,6 +1,6 @@
 //! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
-//! shadows under `/api/things/{thing}/shadow` ([`shadows`]) and jobs under `/api/jobs`
-//! ([`jobs`]).
+//! shadows under `/api/things/{thing}/shadow` ([`shadows`]), jobs under `/api/jobs`
+//! ([`jobs`]), and the registry: things and thing groups ([`things`]).
 //!
 //! Owns: the HTTP surface for operators and applications. Must not touch: broker
 //! internals beyond reading metrics and readiness; device state changes go to the device
@@ -8,6 +8,7 @@
 
 mod jobs;
 mod shadows;
+mod things;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,13 +17,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::device::Devices;
 use crate::jobs::Jobs;
+use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
 /// What the admin handlers read.
@@ -34,6 +36,7 @@ pub struct AdminState {
     /// Where shadow requests go.
     pub devices: Arc<Devices>,
     pub jobs: Arc<Jobs>,
+    pub registry: Arc<Registry>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -70,6 +73,17 @@ pub fn router(state: AdminState) -> Router {
             get(shadows::get).post(shadows::update).delete(shadows::delete),
         )
         .route("/api/things/{thing}/jobs", get(jobs::thing_executions))
+        .route("/api/things", get(things::list_things).post(things::create_thing))
+        .route(
+            "/api/things/{thing}",
+            get(things::get_thing).patch(things::update_thing).delete(things::delete_thing),
+        )
+        .route("/api/groups", get(things::list_groups).post(things::create_group))
+        .route("/api/groups/{group}", get(things::get_group).delete(things::delete_group))
+        .route(
+            "/api/groups/{group}/things/{thing}",
+            put(things::add_member).delete(things::remove_member),
+        )
         .route("/api/jobs", get(jobs::list).post(jobs::create))
         .route("/api/jobs/{id}", get(jobs::describe))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
 use crate::jobs::{scheduler, Jobs};
 use crate::raft::{Groups, RaftStartError};
+use crate::registry::Registry;
 use crate::shadow::Shadows;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -107,6 +108,7 @@ impl Node {
                         ready: ready.clone(),
                         devices: devices.clone(),
                         jobs: jobs.clone(),
+                        registry: Arc::new(Registry::new(groups.clone())),
                     },
                     shutdown_rx.clone(),
                 )

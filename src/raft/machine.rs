@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::types::{Command, Response, StoredShadow};
 use crate::jobs::model::{Execution, Job};
+use crate::registry::{Group, Thing};
 use crate::store::{decode, encode, StoreError};
 
 /// Read access to a group's data.
@@ -128,6 +129,39 @@ pub fn parse_timeout_key(k: &[u8]) -> Option<(u64, String, String)> {
     Some((at, thing.into(), job.into()))
 }
 
+/// Prefix of every registered thing (meta group).
+pub const THING_PREFIX: &[u8] = b"dthing\0";
+/// Prefix of every thing group (meta group).
+pub const GROUP_PREFIX: &[u8] = b"dgroup\0";
+
+pub fn thing_key(name: &str) -> Vec<u8> {
+    key(&["dthing", name])
+}
+
+pub fn group_key(name: &str) -> Vec<u8> {
+    key(&["dgroup", name])
+}
+
+/// Membership index entry: group, then thing.
+pub fn member_key(group: &str, thing: &str) -> Vec<u8> {
+    key(&["dmember", group, thing])
+}
+
+/// Prefix of a group's membership entries.
+pub fn member_prefix(group: &str) -> Vec<u8> {
+    let mut k = key(&["dmember", group]);
+    k.push(0);
+    k
+}
+
+pub fn read_thing(kv: &impl Kv, name: &str) -> Result<Option<Thing>, StoreError> {
+    kv.get(&thing_key(name))?.map(|v| decode(&v)).transpose()
+}
+
+pub fn read_group(kv: &impl Kv, name: &str) -> Result<Option<Group>, StoreError> {
+    kv.get(&group_key(name))?.map(|v| decode(&v)).transpose()
+}
+
 pub fn read_job(kv: &impl Kv, job_id: &str) -> Result<Option<Job>, StoreError> {
     kv.get(&job_key(job_id))?.map(|v| decode(&v)).transpose()
 }
@@ -178,6 +212,33 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
                 return Ok((Vec::new(), Response::Conflict { found }));
             }
             Ok((vec![(job_key(&value.job_id), Some(encode(value)?))], Response::Applied))
+        }
+        Command::PutThing { name, expect, value } => {
+            let old = read_thing(kv, name)?;
+            let found = old.as_ref().map(|t| t.version);
+            if found != *expect {
+                return Ok((Vec::new(), Response::Conflict { found }));
+            }
+            let old_groups = old.map(|t| t.groups).unwrap_or_default();
+            let new_groups = value.as_ref().map(|t| t.groups.clone()).unwrap_or_default();
+            let mut writes = Vec::new();
+            for g in old_groups.difference(&new_groups) {
+                writes.push((member_key(g, name), None));
+            }
+            for g in new_groups.difference(&old_groups) {
+                writes.push((member_key(g, name), Some(Vec::new())));
+            }
+            let v = value.as_ref().map(encode).transpose()?;
+            writes.push((thing_key(name), v));
+            Ok((writes, Response::Applied))
+        }
+        Command::PutGroup { name, expect, value } => {
+            let found = read_group(kv, name)?.map(|g| g.version);
+            if found != *expect {
+                return Ok((Vec::new(), Response::Conflict { found }));
+            }
+            let v = value.as_ref().map(encode).transpose()?;
+            Ok((vec![(group_key(name), v)], Response::Applied))
         }
         Command::PutExecution { expect, value } => {
             let old = read_execution(kv, &value.thing, &value.job_id)?;

@@ -10,6 +10,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::model::{Execution, Job};
+use crate::registry::{Group, Thing};
 
 openraft::declare_raft_types!(
     /// Type configuration of every Homeport Raft group (meta and shards).
@@ -52,6 +53,11 @@ pub enum Command {
     /// Writes one job execution if its stored version is still `expect`, keeping the
     /// per-job and timeout indexes in step. Shard groups.
     PutExecution { expect: Option<u64>, value: Execution },
+    /// Writes (`Some`) or deletes (`None`) a registered thing if its stored version is
+    /// still `expect`, keeping the group membership index in step. Meta group.
+    PutThing { name: String, expect: Option<u64>, value: Option<Thing> },
+    /// Writes or deletes a thing group. Meta group.
+    PutGroup { name: String, expect: Option<u64>, value: Option<Group> },
     /// Many proposers' commands in one log entry (one append, one flush), applied in
     /// order; each sees the writes of those before it.
     Batch(Vec<Command>),
