@@ -41,50 +41,51 @@ fn thing_json(t: &Thing) -> Value {
     })
 }
 
-fn body(b: &[u8]) -> Result<Value, Response> {
+/// Field errors are messages; handlers turn them into 400 answers with [`bad`].
+fn body(b: &[u8]) -> Result<Value, String> {
     if b.is_empty() {
         return Ok(json!({}));
     }
     match serde_json::from_slice::<Value>(b) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(bad("body: must be a JSON object")),
+        _ => Err("body: must be a JSON object".into()),
     }
 }
 
-fn attributes(v: &Value) -> Result<BTreeMap<String, String>, Response> {
+fn attributes(v: &Value) -> Result<BTreeMap<String, String>, String> {
     match v.get("attributes") {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(m)) => m
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(bad(format!("attributes.{k}: must be a string"))),
+                _ => Err(format!("attributes.{k}: must be a string")),
             })
             .collect(),
-        Some(_) => Err(bad("attributes: must be an object of strings")),
+        Some(_) => Err("attributes: must be an object of strings".into()),
     }
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), Response> {
+fn check_name(field: &str, name: &str) -> Result<(), String> {
     if valid_name(name, MAX_THING_NAME) {
         Ok(())
     } else {
-        Err(bad(format!("{field}: 1 to 128 letters, digits, ':', '_' or '-'")))
+        Err(format!("{field}: 1 to 128 letters, digits, ':', '_' or '-'"))
     }
 }
 
 pub async fn create_thing(State(s): State<AdminState>, b: axum::body::Bytes) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let name = v.get("thingName").and_then(Value::as_str).unwrap_or_default().to_string();
-    if let Err(r) = check_name("thingName", &name) {
-        return r;
+    if let Err(m) = check_name("thingName", &name) {
+        return bad(m);
     }
     let attributes = match attributes(&v) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let t = Thing {
         name,
@@ -141,11 +142,11 @@ pub async fn update_thing(
 ) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let attrs = match attributes(&v) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let merge = match v.get("merge") {
         None | Some(Value::Null) => true,
@@ -175,11 +176,11 @@ pub async fn delete_thing(State(s): State<AdminState>, Path(name): Path<String>)
 pub async fn create_group(State(s): State<AdminState>, b: axum::body::Bytes) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let name = v.get("groupName").and_then(Value::as_str).unwrap_or_default().to_string();
-    if let Err(r) = check_name("groupName", &name) {
-        return r;
+    if let Err(m) = check_name("groupName", &name) {
+        return bad(m);
     }
     let description = match v.get("description") {
         None | Some(Value::Null) => None,
