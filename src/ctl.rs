@@ -1,4 +1,5 @@
-//! `homeport ctl`: the admin API from the command line. Shadows and jobs; readable
+//! `homeport ctl`: the admin API from the command line. Things, groups, shadows and
+//! jobs; readable
 //! output by default, the API's JSON with `--json`. Errors name the field or repeat the
 //! API's `{"code", "message"}`.
 
@@ -23,12 +24,104 @@ pub struct CtlArgs {
 
 #[derive(clap::Subcommand)]
 enum CtlCmd {
+    /// Registered things.
+    #[command(subcommand)]
+    Things(ThingCmd),
+    /// Thing groups.
+    #[command(subcommand)]
+    Groups(GroupCmd),
     /// Device shadows.
     #[command(subcommand)]
     Shadows(ShadowCmd),
     /// Jobs.
     #[command(subcommand)]
     Jobs(JobCmd),
+}
+
+#[derive(clap::Subcommand)]
+enum ThingCmd {
+    /// Register a thing: `--attr model=x1` (repeatable).
+    Create {
+        name: String,
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+    },
+    /// List things, `--attribute model=x1` to filter.
+    List {
+        #[arg(long)]
+        attribute: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        next: Option<String>,
+    },
+    /// Show a thing.
+    Get { name: String },
+    /// Set attributes (`--attr k=` removes k); `--replace` replaces them all.
+    SetAttrs {
+        name: String,
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Deregister a thing.
+    Delete { name: String },
+}
+
+#[derive(clap::Subcommand)]
+enum GroupCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    /// Show a group and its things.
+    Get {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Add a thing to a group.
+    Add {
+        group: String,
+        thing: String,
+    },
+    /// Remove a thing from a group.
+    Remove {
+        group: String,
+        thing: String,
+    },
+}
+
+fn attrs_json(flag: &str, attrs: &[String]) -> anyhow::Result<Value> {
+    let mut m = serde_json::Map::new();
+    for a in attrs {
+        let (k, v) = a.split_once('=').ok_or_else(|| anyhow!("{flag} {a}: expected NAME=VALUE"))?;
+        m.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(Value::Object(m))
+}
+
+fn thing_rows(things: &[Value]) -> Vec<Vec<String>> {
+    things
+        .iter()
+        .map(|t| {
+            let attrs = t["attributes"]
+                .as_object()
+                .map(|m| {
+                    m.iter().map(|(k, v)| format!("{k}={}", cell(v))).collect::<Vec<_>>().join(",")
+                })
+                .unwrap_or_default();
+            let groups = t["groups"]
+                .as_array()
+                .map(|g| g.iter().map(cell).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![cell(&t["thingName"]), attrs, groups, cell(&t["version"])]
+        })
+        .collect()
 }
 
 #[derive(clap::Subcommand)]
@@ -261,7 +354,89 @@ fn criteria(flag: &str, specs: &[String], abort: bool) -> anyhow::Result<Vec<Val
 }
 
 pub fn main(a: CtlArgs) -> anyhow::Result<()> {
+    let thing_head = ["THING", "ATTRIBUTES", "GROUPS", "VERSION"];
     let (out, table_out) = match &a.cmd {
+        CtlCmd::Things(ThingCmd::Create { name, attrs }) => {
+            let body = json!({"thingName": name, "attributes": attrs_json("--attr", attrs)?});
+            let v = call(&a, "POST", "/api/things", Some(&body))?;
+            (v, format!("created thing {name}"))
+        }
+        CtlCmd::Things(ThingCmd::List { attribute, limit, next }) => {
+            let mut q = Vec::new();
+            if let Some(x) = attribute {
+                q.push(format!("attribute={x}"));
+            }
+            if let Some(l) = limit {
+                q.push(format!("limit={l}"));
+            }
+            if let Some(n) = next {
+                q.push(format!("next={n}"));
+            }
+            let path = if q.is_empty() {
+                "/api/things".into()
+            } else {
+                format!("/api/things?{}", q.join("&"))
+            };
+            let v = call(&a, "GET", &path, None)?;
+            let rows = thing_rows(v["things"].as_array().map(Vec::as_slice).unwrap_or_default());
+            let mut t = table(&thing_head, &rows);
+            if let Some(n) = v["nextToken"].as_str() {
+                t.push_str(&format!("\nmore: --next {n}"));
+            }
+            (v, t)
+        }
+        CtlCmd::Things(ThingCmd::Get { name }) => {
+            let v = call(&a, "GET", &format!("/api/things/{name}"), None)?;
+            let t = table(&thing_head, &thing_rows(std::slice::from_ref(&v)));
+            (v, t)
+        }
+        CtlCmd::Things(ThingCmd::SetAttrs { name, attrs, replace }) => {
+            let body = json!({"attributes": attrs_json("--attr", attrs)?, "merge": !replace});
+            let v = call(&a, "PATCH", &format!("/api/things/{name}"), Some(&body))?;
+            let t = table(&thing_head, &thing_rows(std::slice::from_ref(&v)));
+            (v, t)
+        }
+        CtlCmd::Things(ThingCmd::Delete { name }) => {
+            let v = call(&a, "DELETE", &format!("/api/things/{name}"), None)?;
+            (v, format!("deleted thing {name}"))
+        }
+        CtlCmd::Groups(GroupCmd::Create { name, description }) => {
+            let body = json!({"groupName": name, "description": description});
+            let v = call(&a, "POST", "/api/groups", Some(&body))?;
+            (v, format!("created group {name}"))
+        }
+        CtlCmd::Groups(GroupCmd::List) => {
+            let v = call(&a, "GET", "/api/groups", None)?;
+            let rows: Vec<Vec<String>> = v["groups"]
+                .as_array()
+                .map(|g| {
+                    g.iter().map(|g| vec![cell(&g["groupName"]), cell(&g["description"])]).collect()
+                })
+                .unwrap_or_default();
+            let t = table(&["GROUP", "DESCRIPTION"], &rows);
+            (v, t)
+        }
+        CtlCmd::Groups(GroupCmd::Get { name }) => {
+            let v = call(&a, "GET", &format!("/api/groups/{name}"), None)?;
+            let rows: Vec<Vec<String>> = v["things"]
+                .as_array()
+                .map(|t| t.iter().map(|t| vec![cell(t)]).collect())
+                .unwrap_or_default();
+            let t = table(&["THING"], &rows);
+            (v, t)
+        }
+        CtlCmd::Groups(GroupCmd::Delete { name }) => {
+            let v = call(&a, "DELETE", &format!("/api/groups/{name}"), None)?;
+            (v, format!("deleted group {name}"))
+        }
+        CtlCmd::Groups(GroupCmd::Add { group, thing }) => {
+            let v = call(&a, "PUT", &format!("/api/groups/{group}/things/{thing}"), None)?;
+            (v, format!("{thing} is in {group}"))
+        }
+        CtlCmd::Groups(GroupCmd::Remove { group, thing }) => {
+            let v = call(&a, "DELETE", &format!("/api/groups/{group}/things/{thing}"), None)?;
+            (v, format!("{thing} left {group}"))
+        }
         CtlCmd::Shadows(ShadowCmd::Get { thing, name }) => {
             let v = call(&a, "GET", &shadow_path(thing, name), None)?;
             let t = pretty(&v);

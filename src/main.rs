@@ -29,7 +29,7 @@ enum Cmd {
     CheckConfig { file: PathBuf },
     /// Load generator (conn, pub, sub, pubsub, shadow) against any MQTT broker.
     Bench(bench::BenchArgs),
-    /// Talk to a node's admin API: shadows and jobs.
+    /// Talk to a node's admin API: things, groups, shadows and jobs.
     Ctl(ctl::CtlArgs),
 }
 

@@ -1,4 +1,4 @@
-//! `homeport ctl` (the binary) against a node's admin API: shadows and jobs, tables and
+//! `homeport ctl` (the binary) against a node's admin API: things, groups, shadows and jobs, tables and
 //! `--json`, and errors that name the field or repeat the API's code.
 
 mod common;
@@ -95,5 +95,26 @@ async fn ctl_drives_shadows_and_jobs() {
     .await;
     assert!(!ok);
     assert!(err.contains("--retry FAILED: expected TYPE:N"), "{err}");
+
+    // Things and groups.
+    let (ok, _, err) =
+        ctl(admin, &["things", "create", "fan-1", "--attr", "model=f2", "--attr", "site=a"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(admin, &["groups", "create", "fans"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(admin, &["groups", "add", "fans", "fan-1"]).await;
+    assert!(ok, "{err}");
+    let (ok, out, _) = ctl(admin, &["things", "list", "--attribute", "model=f2"]).await;
+    assert!(ok);
+    assert_eq!(
+        out.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["fan-1", "model=f2,site=a", "fans", "2"]
+    );
+    let (ok, _, err) = ctl(admin, &["things", "set-attrs", "fan-1", "--attr", "bad"]).await;
+    assert!(!ok);
+    assert!(err.contains("--attr bad: expected NAME=VALUE"), "{err}");
+    let (ok, out, _) = ctl(admin, &["groups", "get", "fans"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "THING\nfan-1");
     node.shutdown().await.unwrap();
 }
