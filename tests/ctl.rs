@@ -1,5 +1,5 @@
-//! `homeport ctl` (the binary) against a node's admin API: things, groups, shadows and jobs, tables and
-//! `--json`, and errors that name the field or repeat the API's code.
+//! `homeport ctl` (the binary) against a node's admin API: things, groups, shadows and
+//! jobs, tables and `--json`, and errors that name the field or repeat the API's code.
 
 mod common;
 
