@@ -57,8 +57,8 @@ fn failure_type(c: &Value, field: &str) -> Result<FailureType, String> {
     })
 }
 
-/// Reads a CreateJob body into a job definition.
-fn parse_job(body: &Value, now: u64) -> Result<Job, String> {
+/// Reads a CreateJob body into a job definition and its targets (groups not expanded).
+fn parse_job(body: &Value, now: u64) -> Result<(Job, Vec<String>), String> {
     let job_id = body.get("jobId").and_then(Value::as_str).unwrap_or_default();
     if !valid_job_id(job_id) {
         return Err(invalid("jobId: 1 to 64 letters, digits, '-' or '_'"));
@@ -70,32 +70,31 @@ fn parse_job(body: &Value, now: u64) -> Result<Job, String> {
     if document.len() > MAX_DOCUMENT {
         return Err(invalid(format!("document: at most {MAX_DOCUMENT} bytes")));
     }
-    let targets: Vec<String> = match body.get("targets") {
-        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_TARGETS => {
-            let mut out = Vec::with_capacity(a.len());
-            let mut seen = std::collections::HashSet::new();
-            for t in a {
-                let valid = |s: &str| match s.strip_prefix("group/") {
-                    Some(g) => valid_name(g, MAX_THING_NAME),
-                    None => valid_name(s, MAX_THING_NAME),
-                };
-                match t.as_str() {
-                    Some(s) if valid(s) => {
-                        if seen.insert(s) {
-                            out.push(s.to_string());
+    let targets: Vec<String> =
+        match body.get("targets") {
+            Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_TARGETS => {
+                let mut out = Vec::with_capacity(a.len());
+                let mut seen = std::collections::HashSet::new();
+                for t in a {
+                    let valid = |s: &str| match s.strip_prefix("group/") {
+                        Some(g) => valid_name(g, MAX_THING_NAME),
+                        None => valid_name(s, MAX_THING_NAME),
+                    };
+                    match t.as_str() {
+                        Some(s) if valid(s) => {
+                            if seen.insert(s) {
+                                out.push(s.to_string());
+                            }
                         }
-                    }
-                    _ => {
-                        return Err(invalid(
-                            "targets: thing names (letters, digits, ':', '_', '-')",
-                        ))
+                        _ => return Err(invalid(
+                            "targets: thing names or group/NAME (letters, digits, ':', '_', '-')",
+                        )),
                     }
                 }
+                out
             }
-            out
-        }
-        _ => return Err(invalid(format!("targets: required, 1 to {MAX_TARGETS} thing names"))),
-    };
+            _ => return Err(invalid(format!("targets: required, 1 to {MAX_TARGETS} thing names"))),
+        };
     let description = match body.get("description") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= 2028 => Some(s.clone()),
@@ -153,11 +152,11 @@ fn parse_job(body: &Value, now: u64) -> Result<Job, String> {
                 _ => return Err(invalid("timeoutConfig.inProgressTimeoutInMinutes: 1 to 10080")),
             },
         };
-    Ok(Job {
+    let job = Job {
         job_id: job_id.into(),
         document,
         description,
-        targets,
+        target_count: targets.len(),
         rolled_out: 0,
         max_per_minute,
         abort,
@@ -171,7 +170,8 @@ fn parse_job(body: &Value, now: u64) -> Result<Job, String> {
         last_updated_at: now,
         completed_at: None,
         version: 1,
-    })
+    };
+    Ok((job, targets))
 }
 
 fn summary(j: &Job) -> Value {
@@ -181,7 +181,7 @@ fn summary(j: &Job) -> Value {
         "createdAt": j.created_at,
         "lastUpdatedAt": j.last_updated_at,
         "completedAt": j.completed_at,
-        "targets": j.targets.len(),
+        "targets": j.target_count,
     })
 }
 
@@ -189,15 +189,15 @@ pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Res
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return bad("body: not valid JSON");
     };
-    let mut job = match parse_job(&body, now_ms() / 1000) {
+    let (mut job, given) = match parse_job(&body, now_ms() / 1000) {
         Ok(j) => j,
         Err(m) => return bad(m),
     };
     // Groups are expanded to their things now (a snapshot of membership, as AWS's
     // SNAPSHOT jobs do).
-    let mut targets: Vec<String> = Vec::with_capacity(job.targets.len());
+    let mut targets: Vec<String> = Vec::with_capacity(given.len());
     let mut seen = std::collections::HashSet::new();
-    for t in std::mem::take(&mut job.targets) {
+    for t in given {
         let things = match t.strip_prefix("group/") {
             None => vec![t],
             Some(g) => match s.registry.group(g) {
@@ -218,9 +218,9 @@ pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Res
     if targets.is_empty() || targets.len() > MAX_TARGETS {
         return bad(format!("targets: 1 to {MAX_TARGETS} things after expanding groups"));
     }
-    job.targets = targets;
+    job.target_count = targets.len();
     let out = json!({"jobId": job.job_id, "description": job.description});
-    match s.jobs.put_job(None, job).await {
+    match s.jobs.put_job(None, job, Some(targets)).await {
         Ok(true) => (StatusCode::CREATED, Json(out)).into_response(),
         Ok(false) => error(StatusCode::CONFLICT, "conflict", "a job with this jobId exists"),
         Err(e) => internal(&e.message),
@@ -260,6 +260,10 @@ pub async fn describe(State(s): State<AdminState>, Path(id): Path<String>) -> Re
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such job"),
         Err(e) => return internal(&e.message),
     };
+    let targets = match s.jobs.targets(&id) {
+        Ok(t) => t,
+        Err(e) => return internal(&e.message),
+    };
     let p = match s.jobs.progress(&id) {
         Ok(p) => p,
         Err(e) => return internal(&e.message),
@@ -270,7 +274,7 @@ pub async fn describe(State(s): State<AdminState>, Path(id): Path<String>) -> Re
         "status": job.status.as_str(),
         "description": job.description,
         "document": serde_json::from_str::<Value>(&job.document).unwrap_or(Value::Null),
-        "targets": job.targets,
+        "targets": targets,
         "createdAt": job.created_at,
         "lastUpdatedAt": job.last_updated_at,
         "completedAt": job.completed_at,
@@ -287,7 +291,7 @@ pub async fn describe(State(s): State<AdminState>, Path(id): Path<String>) -> Re
             "numberOfRejectedThings": n("REJECTED"),
             "numberOfRemovedThings": n("REMOVED"),
             "numberOfCanceledThings": n("CANCELED"),
-            "numberOfPendingRollout": job.targets.len() - job.rolled_out.min(job.targets.len()),
+            "numberOfPendingRollout": job.target_count - job.rolled_out.min(job.target_count),
         },
     }}))
     .into_response()
@@ -331,7 +335,7 @@ pub async fn cancel(
         job.reason = reason.clone();
         job.last_updated_at = now_ms() / 1000;
         job.version += 1;
-        match s.jobs.put_job(expect, job).await {
+        match s.jobs.put_job(expect, job, None).await {
             Ok(true) => return Json(json!({"jobId": id, "status": "CANCELED"})).into_response(),
             // The scheduler wrote it meanwhile: read again.
             Ok(false) => continue,

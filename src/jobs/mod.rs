@@ -528,9 +528,21 @@ impl Jobs {
         Ok(p)
     }
 
-    /// Writes a job definition if it is still at version `expect`.
-    pub async fn put_job(&self, expect: Option<u64>, job: Job) -> Result<bool, JobsError> {
-        match self.groups.write(0, Command::PutJob { expect, value: job }).await {
+    /// A job's target things, in rollout order.
+    pub fn targets(&self, job_id: &str) -> Result<Vec<String>, JobsError> {
+        let tree = self.groups.data(0).ok_or_else(|| internal("no meta group"))?;
+        machine::read_job_targets(tree, job_id).map_err(internal)
+    }
+
+    /// Writes a job definition (and at creation its targets) if it is still at version
+    /// `expect`.
+    pub async fn put_job(
+        &self,
+        expect: Option<u64>,
+        job: Job,
+        targets: Option<Vec<String>>,
+    ) -> Result<bool, JobsError> {
+        match self.groups.write(0, Command::PutJob { expect, value: job, targets }).await {
             Ok(Response::Applied) => Ok(true),
             Ok(_) => Ok(false),
             Err(e) => Err(internal(e)),

@@ -235,8 +235,9 @@ pub struct Job {
     /// The job document, JSON text.
     pub document: String,
     pub description: Option<String>,
-    /// Thing names, in rollout order.
-    pub targets: Vec<String>,
+    /// How many things the job targets. The names, in rollout order, are stored apart
+    /// (`Jobs::targets`), so reading a job does not decode them.
+    pub target_count: usize,
     /// Targets before this index have an execution (the rollout's position).
     pub rolled_out: usize,
     pub max_per_minute: Option<u32>,

@@ -21,6 +21,8 @@ use crate::telemetry::Metrics;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Device actors asked at once (their Raft writes then share log entries).
 const PARALLEL: usize = 512;
+/// Parallel rounds one job's rollout may take in a tick.
+const ROUNDS_PER_TICK: usize = 8;
 
 pub struct Scheduler {
     jobs: Arc<Jobs>,
@@ -128,11 +130,11 @@ impl Scheduler {
                 job.last_updated_at = now;
                 job.version += 1;
                 tracing::warn!(message = "job aborted", job = %job.job_id, failed, finished);
-                let _ = self.jobs.put_job(expect, job).await;
+                let _ = self.jobs.put_job(expect, job, None).await;
                 return;
             }
         }
-        let remaining = job.targets.len() - job.rolled_out.min(job.targets.len());
+        let remaining = job.target_count - job.rolled_out.min(job.target_count);
         if remaining > 0 {
             let n = match job.max_per_minute {
                 None => remaining,
@@ -148,9 +150,12 @@ impl Scheduler {
             if n == 0 {
                 return;
             }
-            // At most one parallel round per tick for a job without a rate.
-            let n = n.min(PARALLEL);
-            let calls = job.targets[job.rolled_out..job.rolled_out + n]
+            // A bounded number of parallel rounds per tick, so one big job does not hold
+            // up timeouts and other jobs.
+            let n = n.min(PARALLEL * ROUNDS_PER_TICK);
+            let Ok(targets) = self.jobs.targets(&job.job_id) else { return };
+            let end = (job.rolled_out + n).min(targets.len());
+            let calls = targets[job.rolled_out.min(end)..end]
                 .iter()
                 .map(|t| (t.clone(), JobsCall::Queue { job_id: job.job_id.clone() }))
                 .collect();
@@ -163,7 +168,7 @@ impl Scheduler {
                 job.rolled_out += done;
                 job.last_updated_at = now;
                 job.version += 1;
-                let _ = self.jobs.put_job(expect, job).await;
+                let _ = self.jobs.put_job(expect, job, None).await;
             }
             return;
         }
@@ -175,7 +180,7 @@ impl Scheduler {
             job.completed_at = Some(now);
             job.last_updated_at = now;
             job.version += 1;
-            let _ = self.jobs.put_job(expect, job).await;
+            let _ = self.jobs.put_job(expect, job, None).await;
         }
     }
 
@@ -195,6 +200,6 @@ impl Scheduler {
         let expect = Some(job.version);
         job.cancel_done = true;
         job.version += 1;
-        let _ = self.jobs.put_job(expect, job).await;
+        let _ = self.jobs.put_job(expect, job, None).await;
     }
 }

@@ -7,7 +7,7 @@ fn job() -> Job {
         job_id: "j1".into(),
         document: r#"{"op":"reboot"}"#.into(),
         description: None,
-        targets: vec!["t1".into()],
+        target_count: 1,
         rolled_out: 0,
         max_per_minute: None,
         abort: Vec::new(),

@@ -162,6 +162,15 @@ pub fn read_group(kv: &impl Kv, name: &str) -> Result<Option<Group>, StoreError>
     kv.get(&group_key(name))?.map(|v| decode(&v)).transpose()
 }
 
+/// The key of a job's target list (meta group).
+pub fn job_targets_key(job_id: &str) -> Vec<u8> {
+    key(&["djobt", job_id])
+}
+
+pub fn read_job_targets(kv: &impl Kv, job_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(kv.get(&job_targets_key(job_id))?.map(|v| decode(&v)).transpose()?.unwrap_or_default())
+}
+
 pub fn read_job(kv: &impl Kv, job_id: &str) -> Result<Option<Job>, StoreError> {
     kv.get(&job_key(job_id))?.map(|v| decode(&v)).transpose()
 }
@@ -206,12 +215,16 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
             }
             Ok((vec![(shadow_key(thing, name), Some(encode(value)?))], Response::Applied))
         }
-        Command::PutJob { expect, value } => {
+        Command::PutJob { expect, value, targets } => {
             let found = read_job(kv, &value.job_id)?.map(|j| j.version);
             if found != *expect {
                 return Ok((Vec::new(), Response::Conflict { found }));
             }
-            Ok((vec![(job_key(&value.job_id), Some(encode(value)?))], Response::Applied))
+            let mut writes = vec![(job_key(&value.job_id), Some(encode(value)?))];
+            if let Some(t) = targets {
+                writes.push((job_targets_key(&value.job_id), Some(encode(t)?)));
+            }
+            Ok((writes, Response::Applied))
         }
         Command::PutThing { name, expect, value } => {
             let old = read_thing(kv, name)?;

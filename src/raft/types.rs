@@ -48,8 +48,9 @@ pub enum Command {
     /// Writes (or with `value.doc == None`, deletes) one shadow, if its stored version is
     /// still `expect` (`None`: no shadow record at all). Shard groups.
     PutShadow { thing: String, name: String, expect: Option<u64>, value: StoredShadow },
-    /// Writes a job definition if its stored version is still `expect`. Meta group.
-    PutJob { expect: Option<u64>, value: Job },
+    /// Writes a job definition if its stored version is still `expect`, and its target
+    /// list if given (only at creation). Meta group.
+    PutJob { expect: Option<u64>, value: Job, targets: Option<Vec<String>> },
     /// Writes one job execution if its stored version is still `expect`, keeping the
     /// per-job and timeout indexes in step. Shard groups.
     PutExecution { expect: Option<u64>, value: Execution },
