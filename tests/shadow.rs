@@ -286,3 +286,46 @@ async fn a_panicking_device_actor_keeps_its_shadow() {
     assert_eq!(body["version"], 4);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_publish_on_a_reply_topic_gets_0x87_and_the_connection_stays() {
+    use common::raw::{publish, Raw};
+    use homeport::mqtt::{Packet as HPacket, Properties, Protocol, QoS as HQoS, ReasonCode};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let mut c = Raw::open(&node).await;
+    c.connect("v5-dev", Protocol::V5, Properties::default()).await;
+    for (pkid, topic) in
+        [(1, "$aws/things/v5-dev/shadow/update/accepted"), (2, "$aws/things/v5-dev/jobs/notify")]
+    {
+        c.send(&publish(topic, HQoS::AtLeastOnce, pkid, "{}")).await;
+        match c.recv().await {
+            Some(HPacket::PubAck(a)) => {
+                assert_eq!((a.pkid, a.reason), (pkid, ReasonCode::NotAuthorized))
+            }
+            other => panic!("expected PUBACK 0x87, got {other:?}"),
+        }
+    }
+    // A request on the same connection is still served.
+    c.send(&publish("$aws/things/v5-dev/shadow/get", HQoS::AtLeastOnce, 3, "")).await;
+    let mut saw_ack = false;
+    let mut saw_reply = false;
+    while !(saw_ack && saw_reply) {
+        match c.recv().await {
+            Some(HPacket::PubAck(a)) => {
+                assert_eq!((a.pkid, a.reason), (3, ReasonCode::Success));
+                saw_ack = true;
+            }
+            Some(HPacket::Publish(p)) => {
+                assert_eq!(p.topic, "$aws/things/v5-dev/shadow/get/rejected");
+                saw_reply = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        metric(&node, "homeport_protocol_errors_total{reason=\"reserved_topic\"}").await,
+        2.0
+    );
+    node.shutdown().await.unwrap();
+}

@@ -8,6 +8,7 @@
 mod handshake;
 mod outbound;
 mod presence;
+mod reserved;
 mod session;
 
 use std::future::Future;

@@ -14,18 +14,16 @@ use tokio::time::Instant;
 
 use super::handshake::{self, Negotiated, Refused};
 use super::outbound::Outbound;
-use super::presence;
+use super::{presence, reserved};
 use super::{ConnCtx, DeviceIo, Peer};
 use crate::broker::{
     app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
-use crate::device::{AttachRequest, DeviceMsg, ShadowRequest};
-use crate::jobs::{self, JobsCall};
+use crate::device::{AttachRequest, DeviceMsg};
 use crate::mqtt::{
     self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode, SubAck, UnsubAck,
 };
 use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
-use crate::shadow;
 
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
@@ -533,53 +531,38 @@ impl Conn {
             expires_at_ms: p.properties.message_expiry_interval.map(|s| now + u64::from(s) * 1000),
             origin: Some(self.client.clone()),
         });
-        let reserved =
-            if msg.topic.starts_with("$aws/") { self.reserved_request(&msg) } else { None };
-        if reserved == Some(false) {
-            // A reply topic of the broker's: clients may not publish there.
+        let reserved = if msg.topic.starts_with("$aws/") {
+            reserved::route(&self.ctx.devices, &self.slot, &msg)
+        } else {
+            None
+        };
+        // A reply topic is the broker's: clients may not publish there (v5 gets 0x87;
+        // 3.1.1, which has no negative acknowledgement, is disconnected).
+        let routed = if reserved == Some(false) {
             self.ctx.metrics.protocol_errors.with_label_values(&["reserved_topic"]).inc();
-            if p.qos == QoS::AtMostOnce {
-                return Ok(());
-            }
-            let done = AckDone {
-                pkid: p.pkid,
-                qos: p.qos,
-                reason: ReasonCode::NotAuthorized,
-                owed: false,
-            };
-            if self.owed.is_empty() {
-                return self.acknowledge(done);
-            }
-            if self.owed.len() >= MAX_OWED_ACKS {
-                return Err(End::Violation(
-                    ReasonCode::ReceiveMaximumExceeded,
-                    "too_many_owed_acks",
-                ));
-            }
-            if p.qos == QoS::AtLeastOnce && v5 {
-                self.incoming.defer_ack();
-            }
-            self.owed.push_back(Box::pin(async move { AckDone { owed: true, ..done } }));
-            return Ok(());
-        }
-        let routed = self.ctx.router.publish(msg);
+            None
+        } else {
+            Some(self.ctx.router.publish(msg))
+        };
         if p.qos == QoS::AtMostOnce {
             match routed {
                 // A subscriber's backlog is full: stop reading this client for a while.
-                Ok(r) if !r.acks.is_empty() => self.pause(r.acks),
-                Ok(_) => {}
-                Err(e) => tracing::error!(message = "publish not stored", error = %e),
+                Some(Ok(r)) if !r.acks.is_empty() => self.pause(r.acks),
+                Some(Err(e)) => tracing::error!(message = "publish not stored", error = %e),
+                _ => {}
             }
             return Ok(());
         }
         let (pkid, qos) = (p.pkid, p.qos);
         let (reason, waits) = match routed {
-            // A shadow request is taken by its device actor even without subscribers.
-            Ok(r) if r.matched == 0 && reserved.is_none() => {
+            None => (ReasonCode::NotAuthorized, Vec::new()),
+            // A shadow or jobs request is taken by its device actor even without
+            // subscribers.
+            Some(Ok(r)) if r.matched == 0 && reserved.is_none() => {
                 (ReasonCode::NoMatchingSubscribers, r.acks)
             }
-            Ok(r) => (ReasonCode::Success, r.acks),
-            Err(e) => {
+            Some(Ok(r)) => (ReasonCode::Success, r.acks),
+            Some(Err(e)) => {
                 tracing::error!(message = "publish not stored", error = %e);
                 (ReasonCode::UnspecifiedError, Vec::new())
             }
@@ -604,35 +587,6 @@ impl Conn {
             AckDone { pkid, qos, reason, owed: true }
         }));
         Ok(())
-    }
-
-    /// A publish under `$aws/`: a shadow or jobs request goes to the thing's device actor
-    /// (and is routed like any message too): `Some(true)`. `Some(false)` for a reply or
-    /// notification topic, which only the broker publishes to; `None` for other topics.
-    fn reserved_request(&self, msg: &Message) -> Option<bool> {
-        if jobs::topics::is_jobs_topic(&msg.topic) {
-            // Replies and notifications are the broker's to publish.
-            let Some(topic) = jobs::topics::parse_request(&msg.topic) else { return Some(false) };
-            let thing = topic.thing.clone();
-            let call = JobsCall::Request { topic, payload: msg.payload.clone() };
-            drop(self.ctx.devices.jobs(&thing, call, Some(self.slot.clone())));
-            return Some(true);
-        }
-        if !shadow::topics::is_shadow_topic(&msg.topic) {
-            return None;
-        }
-        Some(match shadow::topics::parse_request(&msg.topic) {
-            Some(topic) => {
-                self.ctx.devices.shadow(ShadowRequest {
-                    topic,
-                    payload: msg.payload.clone(),
-                    requester: Some(self.slot.clone()),
-                    reply: None,
-                });
-                true
-            }
-            None => false,
-        })
     }
 
     /// Stops reading until `waits` (room at full subscribers) are over, or for
