@@ -113,12 +113,14 @@ async fn kill_9_loses_no_acknowledged_message() {
     for i in 0..N {
         publ.publish("j/x", QoS::AtLeastOnce, false, format!("m{i}")).await.unwrap();
     }
+    // A retained message (its shard commits it before the PUBACK).
+    publ.publish("k/r", QoS::AtLeastOnce, true, "kept").await.unwrap();
     let mut acked = 0;
     until(&mut pub_ev, |e| {
         if let Event::Incoming(RPacket::PubAck(_)) = e {
             acked += 1;
         }
-        (acked == N).then_some(())
+        (acked == N + 1).then_some(())
     })
     .await;
     // The connected subscriber has at least started receiving (unacknowledged).
@@ -145,6 +147,16 @@ async fn kill_9_loses_no_acknowledged_message() {
         let want: std::collections::BTreeSet<_> = (0..N).map(|i| format!("m{i}")).collect();
         assert_eq!(seen, want, "{id}");
     }
+    let (c, mut ev) = client("retained-reader", node.mqtt, true);
+    connack(&mut ev).await;
+    c.subscribe("k/r", QoS::AtLeastOnce).await.unwrap();
+    let p = until(&mut ev, |e| match e {
+        Event::Incoming(RPacket::Publish(p)) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

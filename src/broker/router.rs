@@ -16,6 +16,7 @@ use super::slot::{SessionSlot, SlotRef};
 use super::trie::{Entry, SharedKey, Trie};
 use crate::device::{DeviceMsg, SupervisorMsg};
 use crate::mqtt::{topic, QoS, SubOptions};
+use crate::raft::SessionStore;
 use crate::store::{DurableAck, Store, StoreError};
 use crate::telemetry::{DropReason, Metrics};
 
@@ -74,7 +75,10 @@ pub struct SubscribeOutcome {
 pub struct Router {
     trie: RwLock<Trie<SlotRef>>,
     retained: RwLock<Retained>,
+    /// The node-local store (the in-flight journal).
     store: Store,
+    /// Retained messages are kept in the shards.
+    sessions: SessionStore,
     metrics: Arc<Metrics>,
     devices: OnceLock<ActorRef<SupervisorMsg>>,
     /// Journal QoS 1/2 deliveries to connected persistent sessions.
@@ -82,14 +86,15 @@ pub struct Router {
 }
 
 impl Router {
-    /// Creates the router and loads retained messages from the store.
+    /// Creates the router and loads retained messages from the shards.
     pub fn new(
         store: Store,
+        sessions: SessionStore,
         metrics: Arc<Metrics>,
         durable_inflight: bool,
     ) -> Result<Router, StoreError> {
         let mut retained = Retained::default();
-        for m in store.retained()? {
+        for m in sessions.retained()? {
             retained.apply(&Arc::new(m.into_message(None)));
         }
         metrics.retained.set(retained.len() as i64);
@@ -97,6 +102,7 @@ impl Router {
             trie: RwLock::new(Trie::new()),
             retained: RwLock::new(retained),
             store,
+            sessions,
             metrics,
             devices: OnceLock::new(),
             durable_inflight,
@@ -158,10 +164,7 @@ impl Router {
     ) -> Result<Routed, StoreError> {
         let mut routed = Routed::default();
         if msg.retain {
-            self.retain(&msg)?;
-            if msg.qos != QoS::AtMostOnce {
-                routed.acks.push(AckWait::Durable(self.store.durable()));
-            }
+            self.retain(&msg, &mut routed.acks);
         }
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
@@ -268,16 +271,21 @@ impl Router {
         Ok(())
     }
 
-    fn retain(&self, msg: &Arc<Message>) -> Result<(), StoreError> {
-        if msg.payload.is_empty() {
-            self.store.delete_retained(&msg.topic)?;
-        } else {
-            self.store.put_retained(&msg.topic, &StoredMessage::from(&**msg))?;
-        }
+    /// Sets or clears the retained message of the topic, in memory and in the topic's
+    /// shard. A QoS 1/2 publisher's acknowledgement waits until the shard has committed
+    /// it. Both happen under the retained set's lock, so the shard sees the changes of one
+    /// topic in the order the set did.
+    fn retain(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) {
+        let stored = (!msg.payload.is_empty()).then(|| StoredMessage::from(&**msg));
+        let ack = (msg.qos != QoS::AtMostOnce).then(|| {
+            let (tx, rx) = oneshot::channel();
+            acks.push(AckWait::Durable(rx));
+            tx
+        });
         let mut r = self.retained.write();
+        self.sessions.put_retained(&msg.topic, stored, ack);
         r.apply(msg);
         self.metrics.retained.set(r.len() as i64);
-        Ok(())
     }
 
     /// Hands one delivery to a session: its connection if attached, else (persistent

@@ -50,6 +50,10 @@ pub struct SessionSlot {
     /// Next sequence number for the session's stored messages (offline queue and
     /// in-flight journal share one order). Set by the device actor when it starts.
     pub next_seq: AtomicU64,
+    /// Ticket of the session's last write submitted to its shard
+    /// (`crate::raft::Groups::submit`): an actor waits for it before reading the shard,
+    /// since its predecessor's writes may not be applied yet. Device actor only.
+    pub last_write: AtomicU64,
     /// A clean session's record, which lives in memory only: kept here while its actor
     /// is not running. Written only by the device actor.
     parked: parking_lot::Mutex<Option<Box<SessionRecord>>>,
@@ -61,6 +65,7 @@ impl SessionSlot {
             client_id,
             route: RwLock::new(Route::default()),
             next_seq: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
             parked: parking_lot::Mutex::new(None),
         }
     }

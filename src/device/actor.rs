@@ -1,5 +1,7 @@
-//! The device actor: single writer of one device's durable state (its session and its
-//! shadows, which it writes through its shard's Raft group).
+//! The device actor: single writer of one device's durable state (its session record,
+//! offline queue, shadows and job executions), which it writes through its shard's Raft
+//! group. Session writes are submitted without waiting (they apply in submission order);
+//! the actor waits for them only before it reads its shard again (attach, start-up).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -17,7 +19,7 @@ use crate::config::QueuePolicy;
 use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
 use crate::session::{SessionRecord, Stage, StoredInflight, StoredSubscription};
 use crate::shadow::ShadowCache;
-use crate::store::StoreError;
+use crate::store::{DurableAck, StoreError};
 use crate::telemetry::DropReason;
 
 /// How long an attach waits for the connection it takes over to hand back its state.
@@ -44,7 +46,7 @@ pub struct DeviceState {
     record: SessionRecord,
     /// A stored record existed (so a resumed session is "present").
     exists: bool,
-    /// The record is in sled (a persistent session's), not only in the slot.
+    /// The record is in the shard (a persistent session's), not only in the slot.
     stored: bool,
     conn_id: Option<u64>,
     /// Stored offline-queue entries (including ones being drained to a connection).
@@ -66,23 +68,45 @@ impl DeviceState {
         self.record.expiry_secs > 0
     }
 
-    /// Stores the record: in sled for a persistent session, in the slot (memory only)
-    /// for a clean one, which ends with its connection or with the node. Either way a
-    /// successor actor (after idling or a panic) starts from it.
-    fn save(&mut self) -> Result<(), StoreError> {
+    /// Stores the record: in the shard for a persistent session (the receiver resolves
+    /// once it is committed), in the slot (memory only) for a clean one, which ends with
+    /// its connection or with the node. Either way a successor actor (after idling or a
+    /// panic) starts from it.
+    fn save(&mut self) -> Option<DurableAck> {
         self.record.next_seq = self.slot.next_seq.load(Ordering::Relaxed);
         if self.persistent() {
             self.slot.park(None);
-            self.ctx.store.put_session(&self.client, &self.record)?;
+            let (ticket, durable) = self.ctx.sessions.put(&self.client, &self.record);
+            self.wrote(ticket);
             self.stored = true;
-            Ok(())
+            Some(durable)
         } else {
             self.slot.park(Some(self.record.clone()));
             // It may have been persistent before (a v5 client reconnecting with expiry 0).
             if std::mem::take(&mut self.stored) {
-                self.ctx.store.delete_session(&self.client)?;
+                self.forget_stored();
             }
-            Ok(())
+            None
+        }
+    }
+
+    /// Notes a write submitted to the shard: a successor reads only after it is applied.
+    fn wrote(&self, ticket: crate::raft::Ticket) {
+        self.slot.last_write.store(ticket, Ordering::Relaxed);
+    }
+
+    /// Waits until this session's submitted writes are applied, so reads see them.
+    async fn settle(&self) {
+        let ticket = self.slot.last_write.load(Ordering::Relaxed);
+        self.ctx.sessions.settled(&self.client, ticket).await;
+    }
+
+    /// Deletes the stored record, the offline queue and the in-flight journal.
+    fn forget_stored(&mut self) {
+        let ticket = self.ctx.sessions.end(&self.client);
+        self.wrote(ticket);
+        if let Err(e) = self.ctx.store.inflight_clear(&self.client) {
+            tracing::error!(message = "in-flight journal delete failed", client = %self.client, error = %e);
         }
     }
 
@@ -153,15 +177,16 @@ impl DeviceState {
     }
 
     /// Ends the session: subscriptions, record and queue go; the slot is forgotten.
-    fn end_session(&mut self) {
+    async fn end_session(&mut self) {
         for s in std::mem::take(&mut self.record.subscriptions) {
             self.ctx.router.unsubscribe(&self.slot, &s.filter);
         }
-        // A clean session that never was persistent has nothing in sled.
+        // A clean session that never was persistent has nothing stored.
         if std::mem::take(&mut self.stored) || self.queue_len > 0 {
-            if let Err(e) = self.ctx.store.delete_session(&self.client) {
-                tracing::error!(message = "session delete failed", client = %self.client, error = %e);
-            }
+            self.forget_stored();
+            // A session started afresh gets a new slot, which knows nothing of this
+            // write: it must be applied before the slot goes.
+            self.settle().await;
         }
         self.slot.park(None);
         self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
@@ -188,7 +213,8 @@ impl DeviceState {
             for sub in std::mem::take(&mut self.record.subscriptions) {
                 self.ctx.router.unsubscribe(&self.slot, &sub.filter);
             }
-            self.ctx.store.queue_clear(&self.client)?;
+            let ticket = self.ctx.sessions.clear_queue(&self.client);
+            self.wrote(ticket);
             self.ctx.store.inflight_clear(&self.client)?;
             self.ctx.metrics.offline_queue_depth.sub(self.queue_len as i64);
             self.queue_len = 0;
@@ -205,7 +231,8 @@ impl DeviceState {
         // message not in flight (offline queue and in-flight journal, by sequence), then
         // what the old connection had pending that is not stored. Stored entries stay
         // until the client acknowledges them (`Delivered`), so a crash loses nothing.
-        let mut stored = self.ctx.store.queue(&self.client)?;
+        self.settle().await;
+        let mut stored = self.ctx.sessions.queue(&self.client)?;
         stored.extend(self.ctx.store.inflight(&self.client)?);
         stored.sort_unstable_by_key(|(seq, _)| *seq);
         let stored_seqs: HashSet<u64> = stored.iter().map(|(seq, _)| *seq).collect();
@@ -247,8 +274,7 @@ impl DeviceState {
         }
         self.conn_id = Some(req.conn.id);
         self.exists = true;
-        self.save()?;
-        let durable = self.persistent().then(|| self.ctx.store.durable());
+        let durable = self.save();
         Ok(AttachReply {
             slot: self.slot.clone(),
             session_present,
@@ -259,7 +285,7 @@ impl DeviceState {
         })
     }
 
-    fn detach(
+    async fn detach(
         &mut self,
         myself: &ActorRef<DeviceMsg>,
         conn_id: u64,
@@ -282,7 +308,7 @@ impl DeviceState {
         self.hand_over_shared(&mut live);
         if !self.persistent() {
             self.publish_will();
-            self.end_session();
+            self.end_session().await;
             self.retire(myself);
             return Ok(());
         }
@@ -293,7 +319,7 @@ impl DeviceState {
         for d in live.pending {
             // Entries drained from the queue are still stored.
             if d.seq.is_none() {
-                self.enqueue(d);
+                self.enqueue(d, None);
             }
         }
         if let Some(w) = &mut self.record.will {
@@ -317,7 +343,7 @@ impl DeviceState {
                 msg: super::supervisor::Timer::Expire,
             });
         }
-        self.save()?;
+        self.save();
         Ok(())
     }
 
@@ -345,64 +371,64 @@ impl DeviceState {
         self.remove_queued(moved);
     }
 
-    /// Deletes acknowledged (or handed-over) messages from the offline queue or the
-    /// in-flight journal (one sequence numbers both).
+    /// Deletes acknowledged (or handed-over) messages from the in-flight journal (local)
+    /// or the offline queue (in the shard); one sequence numbers both.
     fn remove_queued(&mut self, seqs: Vec<u64>) {
-        let store = &self.ctx.store;
+        let mut queued = Vec::new();
         for seq in seqs {
-            let res = match store.queue_remove(&self.client, seq) {
-                Ok(true) => {
-                    self.queue_len = self.queue_len.saturating_sub(1);
-                    self.ctx.metrics.offline_queue_depth.dec();
-                    Ok(true)
-                }
-                Ok(false) => store.inflight_remove(&self.client, seq),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = res {
-                tracing::error!(message = "stored message remove failed", error = %e);
+            match self.ctx.store.inflight_remove(&self.client, seq) {
+                Ok(true) => {}
+                Ok(false) => queued.push(seq),
+                Err(e) => tracing::error!(message = "journal remove failed", error = %e),
             }
         }
+        if queued.is_empty() {
+            return;
+        }
+        let n = queued.len().min(self.queue_len);
+        self.queue_len -= n;
+        self.ctx.metrics.offline_queue_depth.sub(n as i64);
+        let ticket = self.ctx.sessions.dequeue(&self.client, queued);
+        self.wrote(ticket);
     }
 
-    /// Appends to the offline queue, applying the queue limit. Returns false if dropped.
-    fn enqueue(&mut self, d: Delivery) -> bool {
+    /// Appends to the offline queue, applying the queue limit. `ack` (a publisher's
+    /// acknowledgement) resolves once the message is committed, or at once if it is
+    /// dropped by policy. Returns false if dropped.
+    fn enqueue(
+        &mut self,
+        d: Delivery,
+        ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> bool {
         let m = &self.ctx.metrics;
+        let dropped = |ack: Option<oneshot::Sender<_>>| {
+            if let Some(a) = ack {
+                let _ = a.send(Ok(()));
+            }
+            false
+        };
         if d.msg.expired(now_ms()) {
             m.dropped(DropReason::Expired);
-            return false;
+            return dropped(ack);
         }
-        if self.queue_len >= self.ctx.mqtt.offline_queue_limit {
-            match self.ctx.mqtt.offline_queue_policy {
-                QueuePolicy::RejectNew => {
-                    m.dropped(DropReason::OfflineQueueRejectNew);
-                    return false;
-                }
-                QueuePolicy::DropOldest => match self.ctx.store.queue_pop_front(&self.client) {
-                    Ok(true) => {
-                        self.queue_len -= 1;
-                        m.offline_queue_depth.dec();
-                        m.dropped(DropReason::OfflineQueueDropOldest);
-                    }
-                    Ok(false) => self.queue_len = 0,
-                    Err(e) => tracing::error!(message = "queue trim failed", error = %e),
-                },
-            }
+        let full = self.queue_len >= self.ctx.mqtt.offline_queue_limit;
+        if full && self.ctx.mqtt.offline_queue_policy == QueuePolicy::RejectNew {
+            m.dropped(DropReason::OfflineQueueRejectNew);
+            return dropped(ack);
+        }
+        let drop_oldest = full && self.queue_len > 0;
+        if drop_oldest {
+            // The shard removes the oldest entry in the same command.
+            m.dropped(DropReason::OfflineQueueDropOldest);
+        } else {
+            self.queue_len += 1;
+            m.offline_queue_depth.inc();
         }
         let seq = self.slot.next_seq.fetch_add(1, Ordering::Relaxed);
-        let stored = StoredMessage::from(&d);
-        match self.ctx.store.queue_push(&self.client, seq, &stored) {
-            Ok(()) => {
-                self.queue_len += 1;
-                m.offline_queue_depth.inc();
-                true
-            }
-            Err(e) => {
-                tracing::error!(message = "offline enqueue failed", client = %self.client, error = %e);
-                m.dropped(DropReason::StorageError);
-                false
-            }
-        }
+        let ticket =
+            self.ctx.sessions.enqueue(&self.client, seq, StoredMessage::from(&d), drop_oldest, ack);
+        self.wrote(ticket);
+        true
     }
 
     fn subscribe(&mut self, filters: Vec<(String, SubOptions)>, id: Option<u32>) -> SubscribeReply {
@@ -459,21 +485,8 @@ impl DeviceState {
             changed = true;
             codes.push(code);
         }
-        let mut durable = None;
-        if changed {
-            match self.save() {
-                Ok(()) if self.persistent() => durable = Some(self.ctx.store.durable()),
-                Ok(()) => {}
-                Err(e) => {
-                    // Never grant what is not stored: the client sees a failure code.
-                    tracing::error!(message = "session save failed", client = %self.client, error = %e);
-                    for c in codes.iter_mut().filter(|c| !c.is_error()) {
-                        *c = ReasonCode::UnspecifiedError;
-                    }
-                    retained.clear();
-                }
-            }
-        }
+        // The SUBACK waits until the record is committed (and fails if it is not).
+        let durable = if changed { self.save() } else { None };
         SubscribeReply { codes, retained, durable }
     }
 }
@@ -488,12 +501,15 @@ impl Actor for DeviceActor {
         myself: ActorRef<DeviceMsg>,
         args: DeviceArgs,
     ) -> Result<DeviceState, ActorProcessingErr> {
-        let stored_record = args.ctx.store.get_session(&args.client)?;
+        // A predecessor (retired, or failed) may have left writes not yet applied.
+        let ticket = args.slot.last_write.load(Ordering::Relaxed);
+        args.ctx.sessions.settled(&args.client, ticket).await;
+        let stored_record = args.ctx.sessions.get(&args.client)?;
         let stored = stored_record.is_some();
         let record = stored_record.or_else(|| args.slot.parked());
         let exists = record.is_some();
         let record = record.unwrap_or_default();
-        let (mut next_seq, queue_len) = match args.ctx.store.queue_bounds(&args.client)? {
+        let (mut next_seq, queue_len) = match args.ctx.sessions.queue_bounds(&args.client)? {
             Some((_, last, len)) => (record.next_seq.max(last + 1), len),
             None => (record.next_seq, 0),
         };
@@ -585,7 +601,7 @@ impl DeviceActor {
                 let _ = reply.send(res);
             }
             DeviceMsg::Detach { conn_id, live, will, expiry_secs } => {
-                state.detach(&myself, conn_id, live, will, expiry_secs)?;
+                state.detach(&myself, conn_id, live, will, expiry_secs).await?;
             }
             DeviceMsg::Subscribe { filters, id, reply } => {
                 let _ = reply.send(state.subscribe(filters, id));
@@ -601,14 +617,7 @@ impl DeviceActor {
                         ReasonCode::NoSubscriptionExisted
                     });
                 }
-                let durable = match state.save() {
-                    Ok(()) => state.persistent().then(|| state.ctx.store.durable()),
-                    Err(e) => {
-                        tracing::error!(message = "session save failed", client = %state.client, error = %e);
-                        codes.iter_mut().for_each(|c| *c = ReasonCode::UnspecifiedError);
-                        None
-                    }
-                };
+                let durable = state.save();
                 let _ = reply.send((codes, durable));
             }
             DeviceMsg::Enqueue(d, ack) => {
@@ -637,14 +646,18 @@ impl DeviceActor {
                         Offer::Closed(d) => {
                             // A journaled message waits in the journal for the next attach.
                             if d.seq.is_none() {
-                                state.enqueue(d);
+                                state.enqueue(d, Some(ack));
+                            } else {
+                                state.ctx.store.durable_to(ack);
                             }
                         }
                     }
                 } else if state.persistent() {
-                    state.enqueue(d);
+                    state.enqueue(d, Some(ack));
+                } else {
+                    // The session ended meanwhile: nothing to store.
+                    let _ = ack.send(Ok(()));
                 }
-                state.ctx.store.durable_to(ack);
             }
             DeviceMsg::Delivered(seqs) => state.remove_queued(seqs),
             DeviceMsg::FireWill => {
@@ -652,14 +665,14 @@ impl DeviceActor {
                     state.record.will.as_ref().and_then(|w| w.at_ms).is_some_and(|t| t <= now_ms());
                 if state.conn_id.is_none() && due {
                     state.publish_will();
-                    state.save()?;
+                    state.save();
                 }
             }
             DeviceMsg::Expire => {
                 let due = state.record.expires_at_ms().is_some_and(|t| t <= now_ms());
                 if state.conn_id.is_none() && state.exists && due {
                     state.publish_will();
-                    state.end_session();
+                    state.end_session().await;
                     state.retire(&myself);
                 }
             }

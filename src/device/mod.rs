@@ -25,6 +25,7 @@ use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
 use crate::jobs::{Jobs, JobsCall, Outcome};
 use crate::mqtt::{ReasonCode, SubOptions};
+use crate::raft::SessionStore;
 use crate::session::{Inflight, StoredWill};
 use crate::shadow::{Reply, RequestTopic, Shadows};
 use crate::store::{DurableAck, Store, StoreError};
@@ -163,7 +164,10 @@ pub struct DeviceCtx {
     pub shadows: Arc<Shadows>,
     pub jobs: Arc<Jobs>,
     pub router: Arc<Router>,
+    /// The node-local store (the in-flight journal).
     pub store: Store,
+    /// Session records and offline queues in the shards.
+    pub sessions: SessionStore,
     pub metrics: Arc<Metrics>,
     pub mqtt: Arc<MqttConfig>,
     pub devices: Arc<Devices>,

@@ -131,26 +131,28 @@ impl SupervisorState {
     }
 }
 
-/// Restores persistent sessions from the store: routes (subscriptions) and timers. Clean
-/// sessions left by a crash are deleted.
+/// Restores persistent sessions from the shards: routes (subscriptions) and timers.
+/// Clean sessions left by a crash are deleted.
 fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
     let now = now_ms();
     let ctx = state.ctx.clone();
-    for (client, mut rec) in ctx.store.sessions()? {
+    for (client, mut rec) in ctx.sessions.sessions()? {
         if rec.expiry_secs == 0 {
-            ctx.store.delete_session(&client)?;
+            ctx.sessions.end(&client);
+            ctx.store.inflight_clear(&client)?;
             continue;
         }
         let client: Arc<str> = Arc::from(client);
+        let slot = ctx.devices.slot(&client);
         if rec.disconnected_at_ms.is_none() {
             // The node stopped while the client was connected: the connection is gone.
             rec.disconnected_at_ms = Some(now);
             if let Some(w) = &mut rec.will {
                 w.at_ms = Some(now + u64::from(w.delay_secs.min(rec.expiry_secs)) * 1000);
             }
-            ctx.store.put_session(&client, &rec)?;
+            let (ticket, _) = ctx.sessions.put(&client, &rec);
+            slot.last_write.store(ticket, std::sync::atomic::Ordering::Relaxed);
         }
-        let slot = ctx.devices.slot(&client);
         slot.route_mut().persistent = true;
         for s in &rec.subscriptions {
             ctx.router.subscribe(&slot, &s.filter, s.opts, s.id);
@@ -163,7 +165,7 @@ fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
         }
     }
     ctx.metrics.sessions.set(ctx.devices.len() as i64);
-    ctx.metrics.offline_queue_depth.set(ctx.store.queued_total() as i64);
+    ctx.metrics.offline_queue_depth.set(ctx.sessions.queued_total()? as i64);
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! One node wired together: store, router, device supervisor, listeners, admin, `$SYS`.
 //!
-//! Start order: metrics -> store -> router (retained loaded) -> Raft groups (each led by
-//! this node) -> device supervisor (sessions restored) -> admin -> listeners -> ready.
+//! Start order: metrics -> store -> Raft groups (each led by this node) -> sessions of an
+//! earlier release moved into the shards -> router (retained loaded from the shards) ->
+//! device supervisor (sessions restored) -> admin -> listeners -> ready.
 //! Shutdown order: not ready -> stop accepting and disconnect clients (DISCONNECT 0x8B on
 //! v5) -> wait for connections to detach -> drain device actors -> stop Raft groups ->
 //! flush storage.
@@ -21,7 +22,7 @@ use crate::broker::Router;
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
 use crate::jobs::{scheduler, Jobs};
-use crate::raft::{Groups, RaftStartError};
+use crate::raft::{Groups, RaftStartError, SessionStore};
 use crate::registry::Registry;
 use crate::shadow::Shadows;
 use crate::store::{Store, StoreError};
@@ -72,13 +73,25 @@ impl Node {
         std::fs::create_dir_all(&cfg.node.data_dir)
             .map_err(|e| StoreError::Sled(format!("{}: {e}", cfg.node.data_dir.display())))?;
         let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
-        let router =
-            Arc::new(Router::new(store.clone(), metrics.clone(), cfg.mqtt.durable_inflight)?);
         // The Raft logs live in their own sled database: each append's flush then writes
         // only log entries, not the state machines' pages (those are replayable from the
         // log and are flushed before a snapshot lets the log be compacted).
         let raft_log = Store::open(&cfg.node.data_dir.join("raft-log"), metrics.clone())?;
         let groups = Arc::new(Groups::start(&store, &raft_log, &cfg.raft, metrics.clone()).await?);
+        let sessions = SessionStore::new(groups.clone());
+        let moved = sessions.migrate_legacy(store.db()).await?;
+        if moved > 0 {
+            tracing::info!(
+                message = "moved sessions, queues and retained messages into the shards",
+                values = moved
+            );
+        }
+        let router = Arc::new(Router::new(
+            store.clone(),
+            sessions.clone(),
+            metrics.clone(),
+            cfg.mqtt.durable_inflight,
+        )?);
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
         let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));
         let devices = Arc::new(Devices::new());
@@ -87,6 +100,7 @@ impl Node {
             jobs: jobs.clone(),
             router: router.clone(),
             store: store.clone(),
+            sessions,
             metrics: metrics.clone(),
             mqtt: Arc::new(cfg.mqtt.clone()),
             devices: devices.clone(),
@@ -175,6 +189,8 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
         self.supervisor.drain_children_and_wait(Some(Duration::from_secs(10))).await;
         let _ = self.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        // Writes the actors submitted without waiting (records saved at detach) first.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.groups.settle_all()).await;
         self.groups.shutdown().await;
         self.store.flush().await?;
         self.raft_log.flush().await?;

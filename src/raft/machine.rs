@@ -13,17 +13,51 @@ use crate::store::{decode, encode, StoreError};
 /// Read access to a group's data.
 pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Visits the keys starting with `prefix` in ascending order until `visit` returns
+    /// false.
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 impl Kv for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(BTreeMap::get(self, key).cloned())
     }
+
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for k in self.range(prefix.to_vec()..).map(|(k, _)| k) {
+            if !k.starts_with(prefix) || !visit(k) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Kv for sled::Tree {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sled::Tree::get(self, key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for k in self.scan_prefix(prefix).keys() {
+            if !visit(&k?) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -42,6 +76,50 @@ impl<K: Kv> Kv for Overlay<'_, K> {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
+    }
+
+    /// The base's keys merged with this batch's writes: written keys appear, removed
+    /// ones do not.
+    fn scan_keys(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let own: Vec<(&Vec<u8>, bool)> = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k, v.is_some()))
+            .collect();
+        let mut i = 0;
+        let mut stopped = false;
+        self.base.scan_keys(prefix, &mut |k| {
+            while let Some((ok, present)) = own.get(i).filter(|(ok, _)| ok.as_slice() < k) {
+                i += 1;
+                if *present && !visit(ok) {
+                    stopped = true;
+                    return false;
+                }
+            }
+            if own.get(i).is_some_and(|(ok, _)| ok.as_slice() == k) {
+                let present = own[i].1;
+                i += 1;
+                if !present {
+                    return true;
+                }
+            }
+            let go = visit(k);
+            stopped = !go;
+            go
+        })?;
+        if !stopped {
+            for (k, present) in &own[i..] {
+                if *present && !visit(k) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +331,12 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
             let v = value.as_ref().map(encode).transpose()?;
             Ok((vec![(group_key(name), v)], Response::Applied))
         }
+        Command::PutSession { .. }
+        | Command::EndSession { .. }
+        | Command::Enqueue { .. }
+        | Command::Dequeue { .. }
+        | Command::ClearQueue { .. }
+        | Command::PutRetained { .. } => super::sessions::apply(kv, cmd),
         Command::PutExecution { expect, value } => {
             let old = read_execution(kv, &value.thing, &value.job_id)?;
             let found = old.as_ref().map(|e| e.version);

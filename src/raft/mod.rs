@@ -14,6 +14,8 @@
 mod log_store;
 pub mod machine;
 mod network;
+mod session_store;
+pub mod sessions;
 mod state_machine;
 mod types;
 
@@ -26,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use log_store::LogStore;
 pub use network::LocalOnly;
+pub use session_store::SessionStore;
 pub use state_machine::StateMachine;
 pub use types::{Command, GroupId, Raft, Response, StoredShadow, TypeConfig};
 
@@ -59,16 +62,52 @@ pub enum WriteError {
     Unavailable { group: GroupId, reason: String },
 }
 
-/// A command waiting for its group's next proposal, and where its answer goes.
-type Pending = (Command, oneshot::Sender<Result<Response, WriteError>>);
+/// Where the outcome of a submitted command goes.
+#[derive(Debug)]
+pub enum Reply {
+    /// Nobody waits (the write is ordered after the submitter's earlier ones all the same).
+    None,
+    /// The state machine's answer.
+    Response(oneshot::Sender<Result<Response, WriteError>>),
+    /// Only whether it is committed and applied, in the form a publisher's or a
+    /// connection's acknowledgement waits for ([`crate::store::DurableAck`]).
+    Durable(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Reply {
+    fn send(self, res: Result<Response, WriteError>) {
+        match self {
+            Reply::None => {
+                if let Err(e) = res {
+                    tracing::error!(message = "raft write failed", error = %e);
+                }
+            }
+            Reply::Response(tx) => {
+                let _ = tx.send(res);
+            }
+            Reply::Durable(tx) => {
+                let _ =
+                    tx.send(res.map(|_| ()).map_err(|e| StoreError::Unavailable(e.to_string())));
+            }
+        }
+    }
+}
+
+/// A command waiting for its group's next proposal: its ticket, and where its answer goes.
+type Pending = (u64, Command, Reply);
 
 struct Group {
     raft: Raft,
     data: sled::Tree,
     /// To the group's proposer task, which batches what arrives while a proposal is in
-    /// flight into the next log entry.
-    proposals: mpsc::UnboundedSender<Pending>,
+    /// flight into the next log entry. The lock hands out tickets in channel order.
+    proposals: parking_lot::Mutex<(u64, mpsc::UnboundedSender<Pending>)>,
+    /// The highest ticket whose command has been applied (or has failed).
+    done: watch::Receiver<u64>,
 }
+
+/// A submitted command's place in its group's order (see [`Groups::settled`]).
+pub type Ticket = u64;
 
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 1024;
@@ -80,6 +119,7 @@ async fn proposer(
     group: GroupId,
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Pending>,
+    done: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Pending> = Vec::new();
@@ -92,8 +132,13 @@ async fn proposer(
             }
         }
         metrics.raft_batch.observe(batch.len() as f64);
-        let (cmds, replies): (Vec<Command>, Vec<_>) =
-            std::mem::take(&mut batch).into_iter().unzip();
+        let last = batch.last().map_or(0, |p| p.0);
+        let mut cmds = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (_, c, r) in batch.drain(..) {
+            cmds.push(c);
+            replies.push(r);
+        }
         let single = cmds.len() == 1;
         let cmd = if single {
             cmds.into_iter().next().unwrap_or(Command::Batch(Vec::new()))
@@ -107,29 +152,38 @@ async fn proposer(
             }
             Err(e) => Err(WriteError::Unavailable { group, reason: e.to_string() }),
         };
+        // `Groups::write` counts its own writes, with their latency.
+        let finish = |r: Reply, res: Result<Response, WriteError>| {
+            if !matches!(r, Reply::Response(_)) {
+                let label = if res.is_ok() { "applied" } else { "error" };
+                metrics.raft_writes.with_label_values(&[label]).inc();
+            }
+            r.send(res);
+        };
         match res {
             Ok(Response::Batch(answers)) if !single && answers.len() == replies.len() => {
-                for (tx, a) in replies.into_iter().zip(answers) {
-                    let _ = tx.send(Ok(a));
+                for (r, a) in replies.into_iter().zip(answers) {
+                    finish(r, Ok(a));
                 }
             }
             Ok(answer) if single => {
-                for tx in replies {
-                    let _ = tx.send(Ok(answer.clone()));
+                for r in replies {
+                    finish(r, Ok(answer.clone()));
                 }
             }
             Ok(other) => {
                 let reason = format!("unexpected answer to a batch: {other:?}");
-                for tx in replies {
-                    let _ = tx.send(Err(WriteError::Unavailable { group, reason: reason.clone() }));
+                for r in replies {
+                    finish(r, Err(WriteError::Unavailable { group, reason: reason.clone() }));
                 }
             }
             Err(e) => {
-                for tx in replies {
-                    let _ = tx.send(Err(e.clone()));
+                for r in replies {
+                    finish(r, Err(e.clone()));
                 }
             }
         }
+        done.send_replace(last);
     }
 }
 
@@ -209,8 +263,14 @@ impl Groups {
                 raft.initialize(members).await.map_err(|e| err(e.to_string()))?;
             }
             let (proposals, rx) = mpsc::unbounded_channel();
-            tokio::spawn(proposer(g, raft.clone(), rx, metrics.clone()));
-            groups.push(Group { raft, data, proposals });
+            let (done_tx, done) = watch::channel(0);
+            tokio::spawn(proposer(g, raft.clone(), rx, done_tx, metrics.clone()));
+            groups.push(Group {
+                raft,
+                data,
+                proposals: parking_lot::Mutex::new((0, proposals)),
+                done,
+            });
         }
         for (g, group) in groups.iter().enumerate() {
             // A restarted single voter elects itself after one election timeout.
@@ -245,17 +305,12 @@ impl Groups {
     /// Proposes `cmd` to `group` and waits until it is committed (durable on a majority)
     /// and applied here. Commands of many callers share a log entry (see [`proposer`]).
     pub async fn write(&self, group: GroupId, cmd: Command) -> Result<Response, WriteError> {
-        let Some(g) = self.groups.get(group as usize) else {
-            return Err(WriteError::Unavailable { group, reason: "no such group".into() });
-        };
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let out = match g.proposals.send((cmd, tx)) {
-            Ok(()) => rx.await.unwrap_or_else(|_| {
-                Err(WriteError::Unavailable { group, reason: "group stopped".into() })
-            }),
-            Err(_) => Err(WriteError::Unavailable { group, reason: "group stopped".into() }),
-        };
+        self.submit(group, cmd, Reply::Response(tx));
+        let out = rx.await.unwrap_or_else(|_| {
+            Err(WriteError::Unavailable { group, reason: "group stopped".into() })
+        });
         self.metrics.raft_write_seconds.observe(started.elapsed().as_secs_f64());
         let label = match &out {
             Ok(Response::Conflict { .. }) => "conflict",
@@ -264,6 +319,46 @@ impl Groups {
         };
         self.metrics.raft_writes.with_label_values(&[label]).inc();
         out
+    }
+
+    /// Proposes `cmd` to `group` without waiting; the outcome goes to `reply`. Commands
+    /// submitted to one group are applied in the order they were submitted, so a single
+    /// writer need not wait for one write before it submits the next. Returns the
+    /// command's ticket (see [`Groups::settled`]).
+    pub fn submit(&self, group: GroupId, cmd: Command, reply: Reply) -> Ticket {
+        let Some(g) = self.groups.get(group as usize) else {
+            reply.send(Err(WriteError::Unavailable { group, reason: "no such group".into() }));
+            return 0;
+        };
+        let mut p = g.proposals.lock();
+        p.0 += 1;
+        let ticket = p.0;
+        if let Err(e) = p.1.send((ticket, cmd, reply)) {
+            let (_, _, reply) = e.0;
+            reply.send(Err(WriteError::Unavailable { group, reason: "group stopped".into() }));
+        }
+        ticket
+    }
+
+    /// Waits until the command with `ticket` (and every one submitted before it) has been
+    /// applied or has failed, so that reads of the group's data see it.
+    pub async fn settled(&self, group: GroupId, ticket: Ticket) {
+        let Some(g) = self.groups.get(group as usize) else { return };
+        let mut rx = g.done.clone();
+        // An error means the proposer is gone: nothing more will be applied.
+        let _ = rx.wait_for(|done| *done >= ticket).await;
+    }
+
+    /// The ticket of the last command submitted to `group`.
+    pub fn last_ticket(&self, group: GroupId) -> Ticket {
+        self.groups.get(group as usize).map_or(0, |g| g.proposals.lock().0)
+    }
+
+    /// Waits until every command submitted so far to any group is applied (or failed).
+    pub async fn settle_all(&self) {
+        for g in 0..self.groups.len() as GroupId {
+            self.settled(g, self.last_ticket(g)).await;
+        }
     }
 
     /// Stops every group (pending writes fail with [`WriteError::Unavailable`]).

@@ -9,8 +9,10 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::broker::StoredMessage;
 use crate::jobs::model::{Execution, Job};
 use crate::registry::{Group, Thing};
+use crate::session::SessionRecord;
 
 openraft::declare_raft_types!(
     /// Type configuration of every Homeport Raft group (meta and shards).
@@ -59,6 +61,20 @@ pub enum Command {
     PutThing { name: String, expect: Option<u64>, value: Option<Thing> },
     /// Writes or deletes a thing group. Meta group.
     PutGroup { name: String, expect: Option<u64>, value: Option<Group> },
+    /// Writes a persistent session's record. Shard groups.
+    PutSession { client: String, value: SessionRecord },
+    /// Deletes a session's record and its whole offline queue. Shard groups.
+    EndSession { client: String },
+    /// Appends a message to a session's offline queue under `seq`, first removing the
+    /// oldest entry if `drop_oldest` (the queue is at its limit). Shard groups.
+    Enqueue { client: String, seq: u64, msg: StoredMessage, drop_oldest: bool },
+    /// Removes entries from a session's offline queue (acknowledged or handed over).
+    Dequeue { client: String, seqs: Vec<u64> },
+    /// Removes a session's whole offline queue (clean start). Shard groups.
+    ClearQueue { client: String },
+    /// Sets (`Some`) or clears the retained message of `topic`. The shard group of the
+    /// topic.
+    PutRetained { topic: String, msg: Option<StoredMessage> },
     /// Many proposers' commands in one log entry (one append, one flush), applied in
     /// order; each sees the writes of those before it.
     Batch(Vec<Command>),

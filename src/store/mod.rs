@@ -1,5 +1,7 @@
-//! Durable storage on sled: persistent session records, offline queues, in-flight journals
-//! and retained messages, plus the group-commit flusher.
+//! Node-local durable storage on sled: the database the Raft groups keep their trees in,
+//! the in-flight journal (which is not replicated: see `docs/ARCHITECTURE.md`), and the
+//! group-commit flusher. Session records, offline queues and retained messages are in the
+//! shard groups (`crate::raft::SessionStore`).
 //!
 //! Owns: the keyspace (one sled tree per kind), the versioned postcard encoding of every
 //! stored value (a leading format-version byte), and [`Store::durable`], which resolves once
@@ -17,13 +19,11 @@ mod suite;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{decode, encode, FORMAT_VERSION};
 
 use crate::broker::StoredMessage;
-use crate::session::SessionRecord;
 use crate::telemetry::Metrics;
 
 /// Storage failures. Fatal ones (I/O, corruption) are kept apart from "not found", which
@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The flusher task is gone (the node is shutting down).
     #[error("storage is closed")]
     Closed,
+    /// A replicated write could not be committed (no leader, group stopped).
+    #[error("replicated write failed: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -54,12 +57,10 @@ pub type DurableAck = oneshot::Receiver<Result<(), StoreError>>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    sessions: sled::Tree,
-    queues: sled::Tree,
     /// QoS 1/2 messages handed to a connected persistent session and not yet acknowledged
-    /// by the client, keyed like `queues` and numbered from the same sequence.
+    /// by the client: client id, NUL, sequence (8 bytes, big-endian), numbered from the
+    /// session's one sequence, which its offline queue (in its shard) shares.
     inflight: sled::Tree,
-    retained: sled::Tree,
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
     /// Reports closed once the flusher has exited and released the database.
     closed: tokio::sync::watch::Receiver<()>,
@@ -79,20 +80,13 @@ fn queue_key(client: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
-    tree.get(key)?.map(|v| decode(&v)).transpose()
-}
-
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its flusher on the current runtime.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
-        let sessions = db.open_tree("sessions")?;
-        let queues = db.open_tree("queues")?;
         let inflight = db.open_tree("inflight")?;
-        let retained = db.open_tree("retained")?;
         let (flush, closed) = flusher::spawn(db.clone(), metrics);
-        Ok(Store { db, sessions, queues, inflight, retained, flush, closed })
+        Ok(Store { db, inflight, flush, closed })
     }
 
     /// Resolves once every write issued before this call is flushed to disk.
@@ -120,50 +114,6 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
-    }
-
-    pub fn put_session(&self, client: &str, rec: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.insert(client.as_bytes(), encode(rec)?)?;
-        Ok(())
-    }
-
-    pub fn get_session(&self, client: &str) -> Result<Option<SessionRecord>, StoreError> {
-        get(&self.sessions, client.as_bytes())
-    }
-
-    /// Every stored session. A record that does not decode is reported, not skipped.
-    pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.sessions.iter() {
-            let (k, v) = kv?;
-            let id = String::from_utf8(k.to_vec())
-                .map_err(|_| StoreError::Codec("session key is not UTF-8".into()))?;
-            out.push((id, decode(&v)?));
-        }
-        Ok(out)
-    }
-
-    /// Deletes a session record, its whole offline queue and its in-flight journal.
-    pub fn delete_session(&self, client: &str) -> Result<(), StoreError> {
-        self.sessions.remove(client.as_bytes())?;
-        self.queue_clear(client)?;
-        self.inflight_clear(client)?;
-        Ok(())
-    }
-
-    pub fn queue_push(
-        &self,
-        client: &str,
-        seq: u64,
-        msg: &StoredMessage,
-    ) -> Result<(), StoreError> {
-        self.queues.insert(queue_key(client, seq), encode(msg)?)?;
-        Ok(())
-    }
-
-    /// Queued messages of `client` in order, with their sequence numbers.
-    pub fn queue(&self, client: &str) -> Result<Vec<(u64, StoredMessage)>, StoreError> {
-        list(&self.queues, client)
     }
 
     /// Records a message handed to `client`'s connection until the client acknowledges it.
@@ -223,71 +173,10 @@ fn list(tree: &sled::Tree, client: &str) -> Result<Vec<(u64, StoredMessage)>, St
 }
 
 impl Store {
-    /// (first sequence, last sequence, length) of `client`'s queue.
-    pub fn queue_bounds(&self, client: &str) -> Result<Option<(u64, u64, usize)>, StoreError> {
-        let prefix = queue_prefix(client);
-        let seq_of = |k: &[u8]| seq_of(&prefix, k);
-        let mut it = self.queues.scan_prefix(&prefix).keys();
-        let Some(first) = it.next().transpose()? else {
-            return Ok(None);
-        };
-        let len = 1 + self.queues.scan_prefix(&prefix).keys().skip(1).count();
-        let last = self.queues.scan_prefix(&prefix).keys().next_back().transpose()?;
-        let first = seq_of(&first)?;
-        let last = last.map(|k| seq_of(&k)).transpose()?.unwrap_or(first);
-        Ok(Some((first, last, len)))
-    }
-
-    /// Removes one queued message; false if it was not there.
-    pub fn queue_remove(&self, client: &str, seq: u64) -> Result<bool, StoreError> {
-        Ok(self.queues.remove(queue_key(client, seq))?.is_some())
-    }
-
-    /// Removes the oldest queued message of `client`; false if the queue is empty.
-    pub fn queue_pop_front(&self, client: &str) -> Result<bool, StoreError> {
-        match self.queues.scan_prefix(queue_prefix(client)).keys().next().transpose()? {
-            Some(k) => Ok(self.queues.remove(k)?.is_some()),
-            None => Ok(false),
-        }
-    }
-
-    /// Removes and counts every queued message of `client`.
-    pub fn queue_clear(&self, client: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for k in self.queues.scan_prefix(queue_prefix(client)).keys() {
-            self.queues.remove(k?)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    pub fn put_retained(&self, topic: &str, msg: &StoredMessage) -> Result<(), StoreError> {
-        self.retained.insert(topic.as_bytes(), encode(msg)?)?;
-        Ok(())
-    }
-
-    pub fn delete_retained(&self, topic: &str) -> Result<(), StoreError> {
-        self.retained.remove(topic.as_bytes())?;
-        Ok(())
-    }
-
-    pub fn retained(&self) -> Result<Vec<StoredMessage>, StoreError> {
-        self.retained.iter().values().map(|v| decode(&v?)).collect()
-    }
-}
-
-impl Store {
     /// Hands `ack` to the flusher: it receives the result of the next flush.
     pub fn durable_to(&self, ack: oneshot::Sender<Result<(), StoreError>>) {
         if let Err(e) = self.flush.send(ack) {
             let _ = e.0.send(Err(StoreError::Closed));
         }
-    }
-}
-
-impl Store {
-    /// Messages in all offline queues (for the depth gauge at start-up).
-    pub fn queued_total(&self) -> usize {
-        self.queues.len()
     }
 }
