@@ -10,8 +10,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+use utoipa::IntoParams;
 
+use super::api::{
+    parse, ApiError, CancelJob, CreateJob, ExecutionSummary, JobCanceled, JobCreated,
+    JobDescription, JobDetail, JobExecutions, JobList, JobOfThing, JobProcessDetails, JobSummary,
+    RolloutConfig, ThingExecution, ThingExecutions, TimeoutConfig,
+};
 use super::{error, AdminState};
 use crate::broker::now_ms;
 use crate::jobs::model::{valid_job_id, AbortCriteria, FailureType, Job, JobStatus, RetryCriteria};
@@ -26,136 +32,102 @@ fn bad(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", &message.into())
 }
 
-/// A field error for a 400 answer.
-fn invalid(message: impl Into<String>) -> String {
-    message.into()
-}
-
 fn internal(message: &str) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
 }
 
-fn obj<'a>(v: &'a Value, field: &str) -> Result<Option<&'a Map<String, Value>>, String> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(invalid(format!("{field}: must be an object"))),
-    }
+fn failure_type(t: Option<&str>, field: &str) -> Result<FailureType, String> {
+    t.and_then(FailureType::parse)
+        .ok_or_else(|| format!("{field}.failureType: one of FAILED, REJECTED, TIMED_OUT, ALL"))
 }
 
-fn criteria<'a>(m: Option<&'a Map<String, Value>>, field: &str) -> Result<Vec<&'a Value>, String> {
-    match m.and_then(|m| m.get("criteriaList")) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(a)) => Ok(a.iter().collect()),
-        Some(_) => Err(invalid(format!("{field}.criteriaList: must be an array"))),
+fn targets(given: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let given = given.unwrap_or_default();
+    if given.is_empty() || given.len() > MAX_TARGETS {
+        return Err(format!("targets: required, 1 to {MAX_TARGETS} thing names"));
     }
+    let valid = |s: &str| match s.strip_prefix("group/") {
+        Some(g) => valid_name(g, MAX_THING_NAME),
+        None => valid_name(s, MAX_THING_NAME),
+    };
+    let mut out = Vec::with_capacity(given.len());
+    let mut seen = std::collections::HashSet::new();
+    for t in given {
+        if !valid(&t) {
+            return Err(
+                "targets: thing names or group/NAME (letters, digits, ':', '_', '-')".into()
+            );
+        }
+        if seen.insert(t.clone()) {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
-fn failure_type(c: &Value, field: &str) -> Result<FailureType, String> {
-    c.get("failureType").and_then(Value::as_str).and_then(FailureType::parse).ok_or_else(|| {
-        invalid(format!("{field}.failureType: one of FAILED, REJECTED, TIMED_OUT, ALL"))
-    })
-}
-
-/// Reads a CreateJob body into a job definition and its targets (groups not expanded).
-fn parse_job(body: &Value, now: u64) -> Result<(Job, Vec<String>), String> {
-    let job_id = body.get("jobId").and_then(Value::as_str).unwrap_or_default();
-    if !valid_job_id(job_id) {
-        return Err(invalid("jobId: 1 to 64 letters, digits, '-' or '_'"));
+/// Checks a CreateJob body and makes the job definition and its targets (groups not
+/// expanded yet).
+fn parse_job(body: CreateJob, now: u64) -> Result<(Job, Vec<String>), String> {
+    let job_id = body.job_id.unwrap_or_default();
+    if !valid_job_id(&job_id) {
+        return Err("jobId: 1 to 64 letters, digits, '-' or '_'".into());
     }
-    let document = match body.get("document") {
+    let document = match body.document {
         Some(d @ Value::Object(_)) => d.to_string(),
-        _ => return Err(invalid("document: required, a JSON object")),
+        _ => return Err("document: required, a JSON object".into()),
     };
     if document.len() > MAX_DOCUMENT {
-        return Err(invalid(format!("document: at most {MAX_DOCUMENT} bytes")));
+        return Err(format!("document: at most {MAX_DOCUMENT} bytes"));
     }
-    let targets: Vec<String> =
-        match body.get("targets") {
-            Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_TARGETS => {
-                let mut out = Vec::with_capacity(a.len());
-                let mut seen = std::collections::HashSet::new();
-                for t in a {
-                    let valid = |s: &str| match s.strip_prefix("group/") {
-                        Some(g) => valid_name(g, MAX_THING_NAME),
-                        None => valid_name(s, MAX_THING_NAME),
-                    };
-                    match t.as_str() {
-                        Some(s) if valid(s) => {
-                            if seen.insert(s) {
-                                out.push(s.to_string());
-                            }
-                        }
-                        _ => return Err(invalid(
-                            "targets: thing names or group/NAME (letters, digits, ':', '_', '-')",
-                        )),
-                    }
-                }
-                out
-            }
-            _ => return Err(invalid(format!("targets: required, 1 to {MAX_TARGETS} thing names"))),
-        };
-    let description = match body.get("description") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 2028 => Some(s.clone()),
-        Some(_) => return Err(invalid("description: a string of at most 2028 bytes")),
-    };
-    let max_per_minute =
-        match obj(body, "jobExecutionsRolloutConfig")?.and_then(|m| m.get("maximumPerMinute")) {
-            None => None,
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=1000) => Some(n as u32),
-                _ => return Err(invalid("jobExecutionsRolloutConfig.maximumPerMinute: 1 to 1000")),
-            },
-        };
+    let targets = targets(body.targets)?;
+    if body.description.as_ref().is_some_and(|d| d.len() > 2028) {
+        return Err("description: a string of at most 2028 bytes".into());
+    }
+    let max_per_minute = body.job_executions_rollout_config.and_then(|c| c.maximum_per_minute);
+    if max_per_minute.is_some_and(|n| !(1..=1000).contains(&n)) {
+        return Err("jobExecutionsRolloutConfig.maximumPerMinute: 1 to 1000".into());
+    }
     let mut abort = Vec::new();
-    for c in criteria(obj(body, "abortConfig")?, "abortConfig")? {
+    for c in body.abort_config.map(|a| a.criteria_list).unwrap_or_default() {
         let f = "abortConfig.criteriaList[]";
-        if c.get("action").and_then(Value::as_str).unwrap_or("CANCEL") != "CANCEL" {
-            return Err(invalid(format!("{f}.action: only CANCEL")));
+        if c.action.as_deref().unwrap_or("CANCEL") != "CANCEL" {
+            return Err(format!("{f}.action: only CANCEL"));
         }
         let threshold = c
-            .get("thresholdPercentage")
-            .and_then(Value::as_f64)
+            .threshold_percentage
             .filter(|p| *p > 0.0 && *p <= 100.0)
-            .ok_or_else(|| invalid(format!("{f}.thresholdPercentage: above 0, at most 100")))?;
+            .ok_or_else(|| format!("{f}.thresholdPercentage: above 0, at most 100"))?;
         let min = c
-            .get("minNumberOfExecutedThings")
-            .and_then(Value::as_u64)
+            .min_number_of_executed_things
             .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
-            .ok_or_else(|| invalid(format!("{f}.minNumberOfExecutedThings: at least 1")))?;
+            .ok_or_else(|| format!("{f}.minNumberOfExecutedThings: at least 1"))?;
         abort.push(AbortCriteria {
-            failure_type: failure_type(c, f)?,
+            failure_type: failure_type(c.failure_type.as_deref(), f)?,
             min_executed: min as u32,
             threshold_percent: threshold,
         });
     }
     let mut retry = Vec::new();
-    for c in criteria(obj(body, "jobExecutionsRetryConfig")?, "jobExecutionsRetryConfig")? {
+    for c in body.job_executions_retry_config.map(|r| r.criteria_list).unwrap_or_default() {
         let f = "jobExecutionsRetryConfig.criteriaList[]";
-        let ft = failure_type(c, f)?;
+        let ft = failure_type(c.failure_type.as_deref(), f)?;
         if ft == FailureType::Rejected {
-            return Err(invalid(format!("{f}.failureType: FAILED, TIMED_OUT or ALL")));
+            return Err(format!("{f}.failureType: FAILED, TIMED_OUT or ALL"));
         }
         let n = c
-            .get("numberOfRetries")
-            .and_then(Value::as_u64)
+            .number_of_retries
             .filter(|n| *n <= 10)
-            .ok_or_else(|| invalid(format!("{f}.numberOfRetries: 0 to 10")))?;
+            .ok_or_else(|| format!("{f}.numberOfRetries: 0 to 10"))?;
         retry.push(RetryCriteria { failure_type: ft, retries: n as u32 });
     }
-    let timeout =
-        match obj(body, "timeoutConfig")?.and_then(|m| m.get("inProgressTimeoutInMinutes")) {
-            None => None,
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=10080) => Some(n as u32),
-                _ => return Err(invalid("timeoutConfig.inProgressTimeoutInMinutes: 1 to 10080")),
-            },
-        };
+    let timeout = body.timeout_config.and_then(|t| t.in_progress_timeout_in_minutes);
+    if timeout.is_some_and(|n| !(1..=10080).contains(&n)) {
+        return Err("timeoutConfig.inProgressTimeoutInMinutes: 1 to 10080".into());
+    }
     let job = Job {
-        job_id: job_id.into(),
+        job_id,
         document,
-        description,
+        description: body.description,
         target_count: targets.len(),
         rolled_out: 0,
         max_per_minute,
@@ -174,22 +146,12 @@ fn parse_job(body: &Value, now: u64) -> Result<(Job, Vec<String>), String> {
     Ok((job, targets))
 }
 
-fn summary(j: &Job) -> Value {
-    json!({
-        "jobId": j.job_id,
-        "status": j.status.as_str(),
-        "createdAt": j.created_at,
-        "lastUpdatedAt": j.last_updated_at,
-        "completedAt": j.completed_at,
-        "targets": j.target_count,
-    })
-}
-
+/// Creates a job; executions are created for its targets at the rollout rate.
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = CreateJob,
+    responses((status = 201, body = JobCreated), (status = 400, body = ApiError),
+        (status = 409, description = "a job with this jobId exists", body = ApiError)))]
 pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return bad("body: not valid JSON");
-    };
-    let (mut job, given) = match parse_job(&body, now_ms() / 1000) {
+    let (mut job, given) = match parse(&body).and_then(|b| parse_job(b, now_ms() / 1000)) {
         Ok(j) => j,
         Err(m) => return bad(m),
     };
@@ -219,7 +181,7 @@ pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Res
         return bad(format!("targets: 1 to {MAX_TARGETS} things after expanding groups"));
     }
     job.target_count = targets.len();
-    let out = json!({"jobId": job.job_id, "description": job.description});
+    let out = JobCreated { job_id: job.job_id.clone(), description: job.description.clone() };
     match s.jobs.put_job(None, job, Some(targets)).await {
         Ok(true) => (StatusCode::CREATED, Json(out)).into_response(),
         Ok(false) => error(StatusCode::CONFLICT, "conflict", "a job with this jobId exists"),
@@ -227,15 +189,20 @@ pub async fn create(State(s): State<AdminState>, body: axum::body::Bytes) -> Res
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     /// Jobs after this jobId (the previous page's `nextToken`).
     next: Option<String>,
+    /// Page size, 1 to 250 (default 100).
     limit: Option<usize>,
     /// Only jobs in this status.
     status: Option<String>,
 }
 
+/// Lists jobs by id, a page at a time.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(Page),
+    responses((status = 200, body = JobList)))]
 pub async fn list(State(s): State<AdminState>, Query(p): Query<Page>) -> Response {
     let limit = p.limit.unwrap_or(100).clamp(1, 250);
     let jobs = match s.jobs.list() {
@@ -248,12 +215,16 @@ pub async fn list(State(s): State<AdminState>, Query(p): Query<Page>) -> Respons
         .filter(|j| p.status.as_ref().is_none_or(|st| j.status.as_str() == st))
         .take(limit + 1)
         .collect();
-    let next = (page.len() > limit).then(|| page[limit - 1].job_id.clone());
+    let next_token = (page.len() > limit).then(|| page[limit - 1].job_id.clone());
     page.truncate(limit);
-    Json(json!({"jobs": page.iter().map(|j| summary(j)).collect::<Vec<_>>(), "nextToken": next}))
-        .into_response()
+    let jobs = page.into_iter().map(JobSummary::from).collect();
+    Json(JobList { jobs, next_token }).into_response()
 }
 
+/// A job with its execution counts by state.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobDescription), (status = 404, body = ApiError)))]
 pub async fn describe(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     let job = match s.jobs.job(&id) {
         Ok(Some(j)) => j,
@@ -268,54 +239,55 @@ pub async fn describe(State(s): State<AdminState>, Path(id): Path<String>) -> Re
         Ok(p) => p,
         Err(e) => return internal(&e.message),
     };
-    let n = |k: &str| p.get(k).copied().unwrap_or(0);
-    Json(json!({"job": {
-        "jobId": job.job_id,
-        "status": job.status.as_str(),
-        "description": job.description,
-        "document": serde_json::from_str::<Value>(&job.document).unwrap_or(Value::Null),
-        "targets": targets,
-        "createdAt": job.created_at,
-        "lastUpdatedAt": job.last_updated_at,
-        "completedAt": job.completed_at,
-        "forceCanceled": job.force_canceled,
-        "reasonCode": job.reason,
-        "jobExecutionsRolloutConfig": {"maximumPerMinute": job.max_per_minute},
-        "timeoutConfig": {"inProgressTimeoutInMinutes": job.in_progress_timeout_minutes},
-        "jobProcessDetails": {
-            "numberOfQueuedThings": n("QUEUED"),
-            "numberOfInProgressThings": n("IN_PROGRESS"),
-            "numberOfSucceededThings": n("SUCCEEDED"),
-            "numberOfFailedThings": n("FAILED"),
-            "numberOfTimedOutThings": n("TIMED_OUT"),
-            "numberOfRejectedThings": n("REJECTED"),
-            "numberOfRemovedThings": n("REMOVED"),
-            "numberOfCanceledThings": n("CANCELED"),
-            "numberOfPendingRollout": job.target_count - job.rolled_out.min(job.target_count),
+    let n = |k: &str| p.get(k).copied().unwrap_or(0) as u64;
+    let job_process_details = JobProcessDetails {
+        number_of_queued_things: n("QUEUED"),
+        number_of_in_progress_things: n("IN_PROGRESS"),
+        number_of_succeeded_things: n("SUCCEEDED"),
+        number_of_failed_things: n("FAILED"),
+        number_of_timed_out_things: n("TIMED_OUT"),
+        number_of_rejected_things: n("REJECTED"),
+        number_of_removed_things: n("REMOVED"),
+        number_of_canceled_things: n("CANCELED"),
+        number_of_pending_rollout: job.target_count - job.rolled_out.min(job.target_count),
+    };
+    let job = JobDetail {
+        status: job.status.as_str().into(),
+        document: serde_json::from_str::<Value>(&job.document).unwrap_or(Value::Null),
+        targets,
+        created_at: job.created_at,
+        last_updated_at: job.last_updated_at,
+        completed_at: job.completed_at,
+        force_canceled: job.force_canceled,
+        reason_code: job.reason,
+        job_executions_rollout_config: RolloutConfig { maximum_per_minute: job.max_per_minute },
+        timeout_config: TimeoutConfig {
+            in_progress_timeout_in_minutes: job.in_progress_timeout_minutes,
         },
-    }}))
-    .into_response()
+        job_process_details,
+        job_id: job.job_id,
+        description: job.description,
+    };
+    Json(JobDescription { job }).into_response()
 }
 
+/// Cancels a job: queued executions are canceled, and with `force` those in progress too.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", request_body = CancelJob,
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobCanceled), (status = 400, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 409, description = "the job is not in progress", body = ApiError)))]
 pub async fn cancel(
     State(s): State<AdminState>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(_) => return bad("body: not valid JSON"),
-        }
+    let body: CancelJob = match parse(&body) {
+        Ok(b) => b,
+        Err(m) => return bad(m),
     };
-    let force = match body.get("force") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return bad("force: must be a boolean"),
-    };
-    let reason = body.get("reasonCode").and_then(Value::as_str).map(String::from);
+    let force = body.force.unwrap_or(false);
+    let reason = body.reason_code;
     for _ in 0..5 {
         let mut job = match s.jobs.job(&id) {
             Ok(Some(j)) => j,
@@ -336,7 +308,10 @@ pub async fn cancel(
         job.last_updated_at = now_ms() / 1000;
         job.version += 1;
         match s.jobs.put_job(expect, job, None).await {
-            Ok(true) => return Json(json!({"jobId": id, "status": "CANCELED"})).into_response(),
+            Ok(true) => {
+                let status = "CANCELED".to_string();
+                return Json(JobCanceled { job_id: id, status }).into_response();
+            }
             // The scheduler wrote it meanwhile: read again.
             Ok(false) => continue,
             Err(e) => return internal(&e.message),
@@ -345,17 +320,10 @@ pub async fn cancel(
     error(StatusCode::CONFLICT, "conflict", "job kept changing; try again")
 }
 
-fn exec_summary(e: &crate::jobs::model::Execution) -> Value {
-    json!({
-        "status": e.status.as_str(),
-        "queuedAt": e.queued_at,
-        "startedAt": e.started_at,
-        "lastUpdatedAt": e.last_updated_at,
-        "executionNumber": e.execution_number,
-        "retryAttempt": e.retries,
-    })
-}
-
+/// Every execution of a job, by thing.
+#[utoipa::path(get, path = "/api/jobs/{id}/executions", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobExecutions), (status = 404, body = ApiError)))]
 pub async fn job_executions(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     match s.jobs.job(&id) {
         Ok(Some(_)) => {}
@@ -363,21 +331,39 @@ pub async fn job_executions(State(s): State<AdminState>, Path(id): Path<String>)
         Err(e) => return internal(&e.message),
     }
     match s.jobs.job_executions(&id) {
-        Ok(execs) => Json(json!({"executionSummaries": execs.iter().map(|e| json!({
-            "thingName": e.thing, "jobExecutionSummary": exec_summary(e)})).collect::<Vec<_>>()}))
-        .into_response(),
+        Ok(execs) => {
+            let execution_summaries = execs
+                .iter()
+                .map(|e| ThingExecution {
+                    thing_name: e.thing.clone(),
+                    job_execution_summary: ExecutionSummary::from(e),
+                })
+                .collect();
+            Json(JobExecutions { execution_summaries }).into_response()
+        }
         Err(e) => internal(&e.message),
     }
 }
 
+/// Every job execution of a thing.
+#[utoipa::path(get, path = "/api/things/{thing}/jobs", tag = "jobs",
+    params(("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingExecutions), (status = 400, body = ApiError)))]
 pub async fn thing_executions(State(s): State<AdminState>, Path(thing): Path<String>) -> Response {
     if !valid_name(&thing, MAX_THING_NAME) {
         return bad("thing: 1 to 128 letters, digits, ':', '_' or '-'");
     }
     match s.jobs.executions(&thing) {
-        Ok(execs) => Json(json!({"executionSummaries": execs.iter().map(|e| json!({
-            "jobId": e.job_id, "jobExecutionSummary": exec_summary(e)})).collect::<Vec<_>>()}))
-        .into_response(),
+        Ok(execs) => {
+            let execution_summaries = execs
+                .iter()
+                .map(|e| JobOfThing {
+                    job_id: e.job_id.clone(),
+                    job_execution_summary: ExecutionSummary::from(e),
+                })
+                .collect();
+            Json(ThingExecutions { execution_summaries }).into_response()
+        }
         Err(e) => internal(&e.message),
     }
 }

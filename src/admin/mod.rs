@@ -6,6 +6,7 @@
 //! internals beyond reading metrics and readiness; device state changes go to the device
 //! actors. Errors are JSON bodies `{"code": ..., "message": ...}`.
 
+pub mod api;
 mod jobs;
 mod shadows;
 mod things;
@@ -17,15 +18,18 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 use tokio::sync::watch;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::device::Devices;
 use crate::jobs::Jobs;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
+use api::{ApiError, Status};
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -40,20 +44,30 @@ pub struct AdminState {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "code": code, "message": message }))).into_response()
+    ApiError::response(status, code, message)
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain")))]
 async fn metrics(State(s): State<AdminState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Status)))]
 async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+    Json(Status { status: "ok".into() }).into_response()
 }
 
+/// Readiness: listeners bound and sessions restored; not ready while stopping.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Status), (status = 503, body = ApiError)))]
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.ready.load(Ordering::Acquire) {
-        Json(json!({ "status": "ready" })).into_response()
+        Json(Status { status: "ready".into() }).into_response()
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is starting or stopping")
     }
@@ -63,31 +77,52 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Homeport admin API", description = "Operate a Homeport node: the registry \
+        of things and thing groups, device shadows, jobs, health and metrics. Errors are \
+        JSON bodies {\"code\", \"message\"}; the message names the field at fault."),
+    tags(
+        (name = "things", description = "The registry of things (devices)"),
+        (name = "groups", description = "Thing groups and membership"),
+        (name = "shadows", description = "Device shadows (AWS IoT compatible documents)"),
+        (name = "jobs", description = "Jobs and their executions"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The routes and the OpenAPI document derived from the same handler annotations, so a
+/// route cannot be served without being documented.
+fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(shadows::get, shadows::update, shadows::delete))
+        .routes(routes!(jobs::thing_executions))
+        .routes(routes!(things::list_things, things::create_thing))
+        .routes(routes!(things::get_thing, things::update_thing, things::delete_thing))
+        .routes(routes!(things::list_groups, things::create_group))
+        .routes(routes!(things::get_group, things::delete_group))
+        .routes(routes!(things::add_member, things::remove_member))
+        .routes(routes!(jobs::list, jobs::create))
+        .routes(routes!(jobs::describe))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::job_executions))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the admin API (also served at `/api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().1
+}
+
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(
-            "/api/things/{thing}/shadow",
-            get(shadows::get).post(shadows::update).delete(shadows::delete),
-        )
-        .route("/api/things/{thing}/jobs", get(jobs::thing_executions))
-        .route("/api/things", get(things::list_things).post(things::create_thing))
-        .route(
-            "/api/things/{thing}",
-            get(things::get_thing).patch(things::update_thing).delete(things::delete_thing),
-        )
-        .route("/api/groups", get(things::list_groups).post(things::create_group))
-        .route("/api/groups/{group}", get(things::get_group).delete(things::delete_group))
-        .route(
-            "/api/groups/{group}/things/{thing}",
-            put(things::add_member).delete(things::remove_member),
-        )
-        .route("/api/jobs", get(jobs::list).post(jobs::create))
-        .route("/api/jobs/{id}", get(jobs::describe))
-        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/jobs/{id}/executions", get(jobs::job_executions))
+    let (routes, doc) = documented();
+    let doc = Arc::new(doc);
+    routes
+        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(not_found)
         .with_state(state)
 }
@@ -110,4 +145,22 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_bodies_are_documented_with_their_fields() {
+        let doc = serde_json::to_value(super::openapi()).unwrap();
+        let create =
+            &doc["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"];
+        assert_eq!(create["schema"]["$ref"], "#/components/schemas/CreateJob");
+        let fields = doc["components"]["schemas"]["CreateJob"]["properties"].as_object().unwrap();
+        for f in ["jobId", "document", "targets", "abortConfig", "jobExecutionsRetryConfig"] {
+            assert!(fields.contains_key(f), "CreateJob.{f}");
+        }
+        let list = &doc["paths"]["/api/things"]["get"]["parameters"];
+        let names: Vec<_> = list.as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
+        assert_eq!(names, ["next", "limit", "attribute"]);
+    }
 }

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use tokio::sync::oneshot;
+use utoipa::IntoParams;
 
+use super::api::ApiError;
 use super::{error, AdminState};
 use crate::device::ShadowRequest;
 use crate::shadow::topics::{valid_name, MAX_SHADOW_NAME, MAX_THING_NAME};
@@ -20,7 +22,8 @@ use crate::shadow::{Op, RequestTopic};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ShadowQuery {
     /// A named shadow; absent for the classic one.
     name: Option<String>,
@@ -85,6 +88,11 @@ async fn request(s: AdminState, thing: String, q: ShadowQuery, op: Op, body: Byt
     error(status, code, message)
 }
 
+/// The shadow document, as a device's `get` gets it.
+#[utoipa::path(get, path = "/api/things/{thing}/shadow", tag = "shadows",
+    params(("thing" = String, Path, description = "thing name"), ShadowQuery),
+    responses((status = 200, description = "the document, as on `get/accepted`", body = Object),
+        (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn get(
     State(s): State<AdminState>,
     Path(thing): Path<String>,
@@ -93,6 +101,16 @@ pub async fn get(
     request(s, thing, q, Op::Get, Bytes::new()).await
 }
 
+/// Updates the shadow (usually `{"state": {"desired": ...}}`), as a device's `update`;
+/// `delta` and `documents` are published to MQTT subscribers.
+#[utoipa::path(post, path = "/api/things/{thing}/shadow", tag = "shadows",
+    params(("thing" = String, Path, description = "thing name"), ShadowQuery),
+    request_body(content = Object, description = "an update document: state.desired and/or \
+        state.reported, optional version and clientToken"),
+    responses((status = 200, description = "as on `update/accepted`", body = Object),
+        (status = 400, body = ApiError),
+        (status = 409, description = "version does not match", body = ApiError),
+        (status = 413, body = ApiError)))]
 pub async fn update(
     State(s): State<AdminState>,
     Path(thing): Path<String>,
@@ -102,6 +120,11 @@ pub async fn update(
     request(s, thing, q, Op::Update, body).await
 }
 
+/// Deletes the shadow (its version is kept for 48 hours).
+#[utoipa::path(delete, path = "/api/things/{thing}/shadow", tag = "shadows",
+    params(("thing" = String, Path, description = "thing name"), ShadowQuery),
+    responses((status = 200, description = "as on `delete/accepted`", body = Object),
+        (status = 404, body = ApiError)))]
 pub async fn delete(
     State(s): State<AdminState>,
     Path(thing): Path<String>,

@@ -9,8 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::IntoParams;
 
+use super::api::{
+    parse, ApiError, CreateGroup, CreateThing, GroupCreated, GroupDeleted, GroupList, GroupSummary,
+    GroupView, ThingDeleted, ThingList, ThingView, UpdateThing,
+};
 use super::{error, AdminState};
 use crate::broker::now_ms;
 use crate::registry::{Group, RegistryError, Thing};
@@ -31,39 +35,12 @@ fn fail(e: RegistryError) -> Response {
     }
 }
 
-fn thing_json(t: &Thing) -> Value {
-    json!({
-        "thingName": t.name,
-        "attributes": t.attributes,
-        "groups": t.groups,
-        "version": t.version,
-        "createdAt": t.created_at,
-    })
+fn thing_json(t: &Thing) -> Json<ThingView> {
+    Json(ThingView::from(t))
 }
 
-/// Field errors are messages; handlers turn them into 400 answers with [`bad`].
-fn body(b: &[u8]) -> Result<Value, String> {
-    if b.is_empty() {
-        return Ok(json!({}));
-    }
-    match serde_json::from_slice::<Value>(b) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err("body: must be a JSON object".into()),
-    }
-}
-
-fn attributes(v: &Value) -> Result<BTreeMap<String, String>, String> {
-    match v.get("attributes") {
-        None | Some(Value::Null) => Ok(BTreeMap::new()),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(format!("attributes.{k}: must be a string")),
-            })
-            .collect(),
-        Some(_) => Err("attributes: must be an object of strings".into()),
-    }
+fn attributes(a: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    a.unwrap_or_default()
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), String> {
@@ -74,40 +51,46 @@ fn check_name(field: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Registers a thing.
+#[utoipa::path(post, path = "/api/things", tag = "things", request_body = CreateThing,
+    responses((status = 201, body = ThingView), (status = 400, body = ApiError),
+        (status = 409, description = "the thing exists", body = ApiError)))]
 pub async fn create_thing(State(s): State<AdminState>, b: axum::body::Bytes) -> Response {
-    let v = match body(&b) {
+    let v: CreateThing = match parse(&b) {
         Ok(v) => v,
         Err(m) => return bad(m),
     };
-    let name = v.get("thingName").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = v.thing_name.unwrap_or_default();
     if let Err(m) = check_name("thingName", &name) {
         return bad(m);
     }
-    let attributes = match attributes(&v) {
-        Ok(a) => a,
-        Err(m) => return bad(m),
-    };
     let t = Thing {
         name,
-        attributes,
+        attributes: attributes(v.attributes),
         groups: Default::default(),
         created_at: now_ms() / 1000,
         version: 1,
     };
     match s.registry.create_thing(t.clone()).await {
-        Ok(()) => (StatusCode::CREATED, Json(thing_json(&t))).into_response(),
+        Ok(()) => (StatusCode::CREATED, thing_json(&t)).into_response(),
         Err(e) => fail(e),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThingQuery {
+    /// The previous page's `nextToken`.
     next: Option<String>,
+    /// Page size, 1 to 250 (default 100).
     limit: Option<usize>,
     /// `name=value`: only things with this attribute value.
     attribute: Option<String>,
 }
 
+/// Lists things by name, a page at a time.
+#[utoipa::path(get, path = "/api/things", tag = "things", params(ThingQuery),
+    responses((status = 200, body = ThingList), (status = 400, body = ApiError)))]
 pub async fn list_things(State(s): State<AdminState>, Query(q): Query<ThingQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 250);
     let filter = match &q.attribute {
@@ -119,90 +102,107 @@ pub async fn list_things(State(s): State<AdminState>, Query(q): Query<ThingQuery
     };
     match s.registry.things(q.next.as_deref(), limit, filter) {
         Ok((things, more)) => {
-            let next = more.then(|| things.last().map(|t| t.name.clone())).flatten();
-            Json(json!({"things": things.iter().map(thing_json).collect::<Vec<_>>(), "nextToken": next}))
-                .into_response()
+            let next_token = more.then(|| things.last().map(|t| t.name.clone())).flatten();
+            let things = things.iter().map(ThingView::from).collect();
+            Json(ThingList { things, next_token }).into_response()
         }
         Err(e) => fail(e),
     }
 }
 
+/// One thing.
+#[utoipa::path(get, path = "/api/things/{thing}", tag = "things",
+    params(("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingView), (status = 404, body = ApiError)))]
 pub async fn get_thing(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.registry.thing(&name) {
-        Ok(Some(t)) => Json(thing_json(&t)).into_response(),
+        Ok(Some(t)) => thing_json(&t).into_response(),
         Ok(None) => fail(RegistryError::NotFound(format!("thing {name}"))),
         Err(e) => fail(e),
     }
 }
 
+/// Merges or replaces a thing's attributes.
+#[utoipa::path(patch, path = "/api/things/{thing}", tag = "things", request_body = UpdateThing,
+    params(("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingView), (status = 400, body = ApiError),
+        (status = 404, body = ApiError),
+        (status = 409, description = "expectedVersion does not match", body = ApiError)))]
 pub async fn update_thing(
     State(s): State<AdminState>,
     Path(name): Path<String>,
     b: axum::body::Bytes,
 ) -> Response {
-    let v = match body(&b) {
+    let v: UpdateThing = match parse(&b) {
         Ok(v) => v,
         Err(m) => return bad(m),
     };
-    let attrs = match attributes(&v) {
-        Ok(a) => a,
-        Err(m) => return bad(m),
-    };
-    let merge = match v.get("merge") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return bad("merge: must be a boolean"),
-    };
-    let expected = match v.get("expectedVersion") {
-        None | Some(Value::Null) => None,
-        Some(x) => match x.as_u64() {
-            Some(n) => Some(n),
-            None => return bad("expectedVersion: must be a non-negative integer"),
-        },
-    };
-    match s.registry.update_attributes(&name, attrs, merge, expected).await {
-        Ok(t) => Json(thing_json(&t)).into_response(),
+    let merge = v.merge.unwrap_or(true);
+    match s
+        .registry
+        .update_attributes(&name, attributes(v.attributes), merge, v.expected_version)
+        .await
+    {
+        Ok(t) => thing_json(&t).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Deletes a thing (and its group memberships).
+#[utoipa::path(delete, path = "/api/things/{thing}", tag = "things",
+    params(("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingDeleted), (status = 404, body = ApiError)))]
 pub async fn delete_thing(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.registry.delete_thing(&name).await {
-        Ok(()) => Json(json!({"thingName": name, "deleted": true})).into_response(),
+        Ok(()) => Json(ThingDeleted { thing_name: name, deleted: true }).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Creates a thing group.
+#[utoipa::path(post, path = "/api/groups", tag = "groups", request_body = CreateGroup,
+    responses((status = 201, body = GroupCreated), (status = 400, body = ApiError),
+        (status = 409, body = ApiError)))]
 pub async fn create_group(State(s): State<AdminState>, b: axum::body::Bytes) -> Response {
-    let v = match body(&b) {
+    let v: CreateGroup = match parse(&b) {
         Ok(v) => v,
         Err(m) => return bad(m),
     };
-    let name = v.get("groupName").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = v.group_name.unwrap_or_default();
     if let Err(m) = check_name("groupName", &name) {
         return bad(m);
     }
-    let description = match v.get("description") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(d)) if d.len() <= 2028 => Some(d.clone()),
-        Some(_) => return bad("description: a string of at most 2028 bytes"),
+    if v.description.as_ref().is_some_and(|d| d.len() > 2028) {
+        return bad("description: a string of at most 2028 bytes");
+    }
+    let g = Group {
+        name: name.clone(),
+        description: v.description,
+        created_at: now_ms() / 1000,
+        version: 1,
     };
-    let g = Group { name: name.clone(), description, created_at: now_ms() / 1000, version: 1 };
     match s.registry.create_group(g).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({"groupName": name}))).into_response(),
+        Ok(()) => (StatusCode::CREATED, Json(GroupCreated { group_name: name })).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Every thing group.
+#[utoipa::path(get, path = "/api/groups", tag = "groups",
+    responses((status = 200, body = GroupList)))]
 pub async fn list_groups(State(s): State<AdminState>) -> Response {
     match s.registry.all_groups() {
-        Ok(gs) => Json(json!({"groups": gs.iter().map(|g| json!({
-            "groupName": g.name, "description": g.description, "createdAt": g.created_at})).collect::<Vec<_>>()}))
-        .into_response(),
+        Ok(gs) => {
+            Json(GroupList { groups: gs.iter().map(GroupSummary::from).collect() }).into_response()
+        }
         Err(e) => fail(e),
     }
 }
 
+/// A thing group and its members.
+#[utoipa::path(get, path = "/api/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "group name")),
+    responses((status = 200, body = GroupView), (status = 404, body = ApiError)))]
 pub async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     let g = match s.registry.group(&name) {
         Ok(Some(g)) => g,
@@ -210,36 +210,48 @@ pub async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) ->
         Err(e) => return fail(e),
     };
     match s.registry.members(&name) {
-        Ok(things) => Json(json!({"groupName": g.name, "description": g.description,
-            "createdAt": g.created_at, "things": things}))
-        .into_response(),
+        Ok(things) => Json(GroupView { group: GroupSummary::from(&g), things }).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Deletes a thing group (its things stay).
+#[utoipa::path(delete, path = "/api/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "group name")),
+    responses((status = 200, body = GroupDeleted), (status = 404, body = ApiError)))]
 pub async fn delete_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match s.registry.delete_group(&name).await {
-        Ok(()) => Json(json!({"groupName": name, "deleted": true})).into_response(),
+        Ok(()) => Json(GroupDeleted { group_name: name, deleted: true }).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Adds a thing to a group.
+#[utoipa::path(put, path = "/api/groups/{group}/things/{thing}", tag = "groups",
+    params(("group" = String, Path, description = "group name"),
+        ("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingView), (status = 404, body = ApiError)))]
 pub async fn add_member(
     State(s): State<AdminState>,
     Path((group, thing)): Path<(String, String)>,
 ) -> Response {
     match s.registry.membership(&group, &thing, true).await {
-        Ok(t) => Json(thing_json(&t)).into_response(),
+        Ok(t) => thing_json(&t).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// Removes a thing from a group.
+#[utoipa::path(delete, path = "/api/groups/{group}/things/{thing}", tag = "groups",
+    params(("group" = String, Path, description = "group name"),
+        ("thing" = String, Path, description = "thing name")),
+    responses((status = 200, body = ThingView), (status = 404, body = ApiError)))]
 pub async fn remove_member(
     State(s): State<AdminState>,
     Path((group, thing)): Path<(String, String)>,
 ) -> Response {
     match s.registry.membership(&group, &thing, false).await {
-        Ok(t) => Json(thing_json(&t)).into_response(),
+        Ok(t) => thing_json(&t).into_response(),
         Err(e) => fail(e),
     }
 }
