@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
-use ractor::ActorRef;
 use tokio::sync::oneshot;
 
 use super::message::{now_ms, Delivery, Message, StoredMessage};
@@ -14,7 +13,7 @@ use super::outq::{ConnQueue, Offer};
 use super::retained::Retained;
 use super::slot::{SessionSlot, SlotRef};
 use super::trie::{Entry, SharedKey, Trie};
-use crate::device::{DeviceMsg, SupervisorMsg};
+use crate::device::{DeviceMsg, Devices};
 use crate::mqtt::{topic, QoS, SubOptions};
 use crate::raft::SessionStore;
 use crate::store::{DurableAck, Store, StoreError};
@@ -80,7 +79,7 @@ pub struct Router {
     /// Retained messages are kept in the shards.
     sessions: SessionStore,
     metrics: Arc<Metrics>,
-    devices: OnceLock<ActorRef<SupervisorMsg>>,
+    devices: OnceLock<Arc<Devices>>,
     /// Journal QoS 1/2 deliveries to connected persistent sessions.
     durable_inflight: bool,
 }
@@ -109,10 +108,10 @@ impl Router {
         })
     }
 
-    /// Connects the router to the device supervisor (for offline sessions without a
-    /// running actor). Called once at start-up.
-    pub fn set_supervisor(&self, sup: ActorRef<SupervisorMsg>) {
-        let _ = self.devices.set(sup);
+    /// Connects the router to the device actors (for offline sessions without a running
+    /// actor). Called once at start-up.
+    pub fn set_devices(&self, devices: Arc<Devices>) {
+        let _ = self.devices.set(devices);
     }
 
     /// Whether any subscription matches `topic` (to skip building events nobody hears).
@@ -376,18 +375,9 @@ impl Router {
                 },
             }
         };
-        // No running actor: the supervisor spawns one from stored state.
+        // No running actor: its shard's supervisor spawns one from stored state.
         match self.devices.get() {
-            Some(sup) => {
-                let client = slot.client_id.clone();
-                let msg = DeviceMsg::Enqueue(d, tx);
-                if let Err(ractor::MessagingErr::SendErr(SupervisorMsg::Forward { msg, .. })) =
-                    sup.cast(SupervisorMsg::Forward { client, msg })
-                {
-                    tracing::warn!(message = "device supervisor unavailable");
-                    msg.refuse();
-                }
-            }
+            Some(devices) => devices.cast(&slot.client_id, None, DeviceMsg::Enqueue(d, tx)),
             None => {
                 let _ = tx.send(Err(StoreError::Closed));
             }

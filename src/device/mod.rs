@@ -177,7 +177,8 @@ pub struct DeviceCtx {
 #[derive(Default)]
 pub struct Devices {
     slots: DashMap<Arc<str>, Arc<SessionSlot>>,
-    supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+    /// One per shard group, in shard order (shard 1 first).
+    supervisors: OnceLock<Vec<ActorRef<SupervisorMsg>>>,
 }
 
 impl Devices {
@@ -185,8 +186,9 @@ impl Devices {
         Self::default()
     }
 
-    pub(crate) fn set_supervisor(&self, s: ActorRef<SupervisorMsg>) {
-        let _ = self.supervisor.set(s);
+    /// Sets the shard supervisors, in shard order. Called once at start-up.
+    pub(crate) fn set_supervisors(&self, s: Vec<ActorRef<SupervisorMsg>>) {
+        let _ = self.supervisors.set(s);
     }
 
     /// The slot of `client`, created if missing.
@@ -218,8 +220,11 @@ impl Devices {
         self.slots.is_empty()
     }
 
-    fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, DeviceError> {
-        self.supervisor.get().ok_or(DeviceError::Unavailable)
+    /// The supervisor of `client`'s shard.
+    fn supervisor(&self, client: &str) -> Result<&ActorRef<SupervisorMsg>, DeviceError> {
+        let all = self.supervisors.get().ok_or(DeviceError::Unavailable)?;
+        let shard = crate::raft::shard_of(client, all.len() as u32);
+        all.get(shard as usize - 1).ok_or(DeviceError::Unavailable)
     }
 
     /// Sends `msg` to `client`'s device actor: straight to the running one, else through
@@ -237,7 +242,7 @@ impl Devices {
             },
             None => msg,
         };
-        match self.supervisor() {
+        match self.supervisor(client) {
             Ok(sup) => {
                 let client = client.clone();
                 if let Err(MessagingErr::SendErr(SupervisorMsg::Forward { msg, .. })) =

@@ -1,4 +1,6 @@
-//! The device supervisor: parent of every device actor on this node.
+//! Device supervisors: one per shard, the parent of the device actors of that shard's
+//! devices on this node. Spreading spawns, restarts and timers over the shards keeps one
+//! actor from serializing every connect of the node.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, Supervi
 use super::actor::{DeviceActor, DeviceArgs};
 use super::{DeviceCtx, DeviceMsg};
 use crate::broker::now_ms;
+use crate::raft::GroupId;
 use crate::store::StoreError;
 
 /// What a timer does when it fires.
@@ -37,6 +40,8 @@ pub struct DeviceSupervisor;
 
 pub struct SupervisorState {
     ctx: DeviceCtx,
+    /// The shard group whose devices this supervisor parents.
+    shard: GroupId,
     children: HashMap<Arc<str>, ActorRef<DeviceMsg>>,
     by_id: HashMap<ActorId, Arc<str>>,
     timers: BTreeSet<(u64, Arc<str>, Timer)>,
@@ -131,12 +136,12 @@ impl SupervisorState {
     }
 }
 
-/// Restores persistent sessions from the shards: routes (subscriptions) and timers.
-/// Clean sessions left by a crash are deleted.
+/// Restores the persistent sessions of this supervisor's shard: routes (subscriptions)
+/// and timers. Clean sessions left by a crash are deleted.
 fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
     let now = now_ms();
     let ctx = state.ctx.clone();
-    for (client, mut rec) in ctx.sessions.sessions()? {
+    for (client, mut rec) in ctx.sessions.sessions_in(state.shard)? {
         if rec.expiry_secs == 0 {
             ctx.sessions.end(&client);
             ctx.store.inflight_clear(&client)?;
@@ -165,22 +170,24 @@ fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
         }
     }
     ctx.metrics.sessions.set(ctx.devices.len() as i64);
-    ctx.metrics.offline_queue_depth.set(ctx.sessions.queued_total()? as i64);
+    ctx.metrics.offline_queue_depth.add(ctx.sessions.queued_in(state.shard)? as i64);
     Ok(())
 }
 
 impl Actor for DeviceSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = DeviceCtx;
+    /// The node's device context and the shard group to supervise.
+    type Arguments = (DeviceCtx, GroupId);
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        ctx: DeviceCtx,
+        (ctx, shard): (DeviceCtx, GroupId),
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut state = SupervisorState {
             ctx,
+            shard,
             children: HashMap::new(),
             by_id: HashMap::new(),
             timers: BTreeSet::new(),

@@ -58,7 +58,8 @@ pub struct Node {
     pub groups: Arc<Groups>,
     store: Store,
     raft_log: Store,
-    supervisor: ActorRef<SupervisorMsg>,
+    /// One device supervisor per shard.
+    supervisors: Vec<ActorRef<SupervisorMsg>>,
     shutdown: watch::Sender<bool>,
     conns_done: mpsc::Receiver<()>,
     ready: Arc<AtomicBool>,
@@ -105,11 +106,15 @@ impl Node {
             mqtt: Arc::new(cfg.mqtt.clone()),
             devices: devices.clone(),
         };
-        let (supervisor, _) = Actor::spawn(None, DeviceSupervisor, dctx)
-            .await
-            .map_err(|e| NodeError::Supervisor(e.to_string()))?;
-        router.set_supervisor(supervisor.clone());
-        devices.set_supervisor(supervisor.clone());
+        let mut supervisors = Vec::with_capacity(groups.shards() as usize);
+        for shard in 1..=groups.shards() {
+            let (sup, _) = Actor::spawn(None, DeviceSupervisor, (dctx.clone(), shard))
+                .await
+                .map_err(|e| NodeError::Supervisor(e.to_string()))?;
+            supervisors.push(sup);
+        }
+        devices.set_supervisors(supervisors.clone());
+        router.set_devices(devices.clone());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -174,7 +179,7 @@ impl Node {
             groups,
             store,
             raft_log,
-            supervisor,
+            supervisors,
             shutdown,
             conns_done,
             ready,
@@ -187,8 +192,14 @@ impl Node {
         let _ = self.shutdown.send(true);
         // Every connection task holds a sender; all gone means all detached.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
-        self.supervisor.drain_children_and_wait(Some(Duration::from_secs(10))).await;
-        let _ = self.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        let drains = self
+            .supervisors
+            .iter()
+            .map(|s| s.drain_children_and_wait(Some(Duration::from_secs(10))));
+        futures_util::future::join_all(drains).await;
+        let stops =
+            self.supervisors.iter().map(|s| s.stop_and_wait(None, Some(Duration::from_secs(5))));
+        futures_util::future::join_all(stops).await;
         // Writes the actors submitted without waiting (records saved at detach) first.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.groups.settle_all()).await;
         self.groups.shutdown().await;

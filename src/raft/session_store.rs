@@ -109,16 +109,19 @@ impl SessionStore {
         self.submit(topic, Command::PutRetained { topic: topic.into(), msg }, reply);
     }
 
-    /// Every stored session, all shards. A record that does not decode is an error.
-    pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>, StoreError> {
+    /// Every session stored in `shard`. A record that does not decode is an error.
+    pub fn sessions_in(&self, shard: GroupId) -> Result<Vec<(String, SessionRecord)>, StoreError> {
         let mut out = Vec::new();
-        for g in 1..=self.groups.shards() {
-            for kv in self.data(g)?.scan_prefix(SESSION_PREFIX) {
-                let (k, v) = kv?;
-                out.push((client_of(&k)?.to_string(), decode(&v)?));
-            }
+        for kv in self.data(shard)?.scan_prefix(SESSION_PREFIX) {
+            let (k, v) = kv?;
+            out.push((client_of(&k)?.to_string(), decode(&v)?));
         }
         Ok(out)
+    }
+
+    /// Shard groups (1..=shards).
+    pub fn shards(&self) -> u32 {
+        self.groups.shards()
     }
 
     /// Every retained message, all shards.
@@ -132,13 +135,9 @@ impl SessionStore {
         Ok(out)
     }
 
-    /// Messages in all offline queues (the depth gauge at start-up).
-    pub fn queued_total(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for g in 1..=self.groups.shards() {
-            n += self.data(g)?.scan_prefix(sessions::QUEUE_PREFIX).keys().count();
-        }
-        Ok(n)
+    /// Messages in the offline queues of `shard` (the depth gauge at start-up).
+    pub fn queued_in(&self, shard: GroupId) -> Result<usize, StoreError> {
+        Ok(self.data(shard)?.scan_prefix(sessions::QUEUE_PREFIX).keys().count())
     }
 
     /// Moves sessions, offline queues and retained messages that an earlier release kept
