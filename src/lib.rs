@@ -5,11 +5,13 @@
 //! - [`broker`]: subscription trie, router, retained messages, session routing slots.
 //! - [`session`]: pure session state machines and the persisted session record.
 //! - [`device`]: device actors (one per client id) and their supervisor.
-//! - [`raft`]: openraft groups (meta and shards) on sled: durable device state.
+//! - [`raft`]: openraft groups (meta and shards) on sled: durable device state, including
+//!   persistent MQTT sessions, offline queues and retained messages.
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
-//! - [`store`]: sled keyspace, versioned postcard values, group-commit flushing.
+//! - [`store`]: the node's sled database, versioned postcard values, the node-local
+//!   in-flight journal, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
 //! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
 //! - [`loadgen`]: the load generator behind `homeport bench`.
