@@ -41,6 +41,8 @@ pub struct AdminState {
     pub devices: Arc<Devices>,
     pub jobs: Arc<Jobs>,
     pub registry: Arc<Registry>,
+    /// `shadow.max_pending_per_thing`: more waiting requests for a thing get 429.
+    pub shadow_pending_limit: usize,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -58,12 +58,17 @@ async fn request(s: AdminState, thing: String, q: ShadowQuery, op: Op, body: Byt
             "name: 1 to 64 letters, digits, ':', '_' or '-'",
         );
     }
+    let Some(permit) = s.devices.permit(&thing, s.shadow_pending_limit) else {
+        s.metrics.shadow_requests.with_label_values(&[op.as_str(), "429"]).inc();
+        return error(StatusCode::TOO_MANY_REQUESTS, "throttled", "Too many requests");
+    };
     let (tx, rx) = oneshot::channel();
     s.devices.shadow(ShadowRequest {
         topic: RequestTopic { thing, shadow, op },
         payload: body,
         requester: None,
         reply: Some(tx),
+        permit: Some(permit),
     });
     let replies = match tokio::time::timeout(TIMEOUT, rx).await {
         Ok(Ok(r)) => r,
@@ -110,7 +115,8 @@ pub async fn get(
     responses((status = 200, description = "as on `update/accepted`", body = Object),
         (status = 400, body = ApiError),
         (status = 409, description = "version does not match", body = ApiError),
-        (status = 413, body = ApiError)))]
+        (status = 413, body = ApiError),
+        (status = 429, description = "too many requests waiting for this thing", body = ApiError)))]
 pub async fn update(
     State(s): State<AdminState>,
     Path(thing): Path<String>,

@@ -54,6 +54,9 @@ pub struct SessionSlot {
     /// (`crate::raft::Groups::submit`): an actor waits for it before reading the shard,
     /// since its predecessor's writes may not be applied yet. Device actor only.
     pub last_write: AtomicU64,
+    /// Shadow and jobs requests for this thing not yet served by its device actor
+    /// (`crate::device::RequestPermit`).
+    pub requests: std::sync::atomic::AtomicU32,
     /// A clean session's record, which lives in memory only: kept here while its actor
     /// is not running. Written only by the device actor.
     parked: parking_lot::Mutex<Option<Box<SessionRecord>>>,
@@ -66,6 +69,7 @@ impl SessionSlot {
             route: RwLock::new(Route::default()),
             next_seq: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
+            requests: std::sync::atomic::AtomicU32::new(0),
             parked: parking_lot::Mutex::new(None),
         }
     }

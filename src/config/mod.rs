@@ -223,11 +223,14 @@ pub struct JobsConfig {
     /// The length of a minute in job timeouts and rollout rates, in milliseconds. 60000;
     /// only tests and drills shorten it.
     pub minute_ms: u64,
+    /// Jobs requests of one thing waiting for or being served by its device actor; more
+    /// get `RequestThrottled`.
+    pub max_pending_per_thing: usize,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { scheduler_interval_ms: 1000, minute_ms: 60_000 }
+        Self { scheduler_interval_ms: 1000, minute_ms: 60_000, max_pending_per_thing: 10 }
     }
 }
 
@@ -239,11 +242,14 @@ pub struct ShadowConfig {
     pub max_document_bytes: usize,
     /// Named shadows one thing may have (the classic shadow not counted).
     pub max_named_shadows: usize,
+    /// Shadow requests of one thing waiting for or being served by its device actor;
+    /// more get 429 (AWS IoT allows 10 in flight per thing).
+    pub max_pending_per_thing: usize,
 }
 
 impl Default for ShadowConfig {
     fn default() -> Self {
-        Self { max_document_bytes: 8 * 1024, max_named_shadows: 64 }
+        Self { max_document_bytes: 8 * 1024, max_named_shadows: 64, max_pending_per_thing: 10 }
     }
 }
 
@@ -334,6 +340,12 @@ impl Config {
         }
         if self.jobs.minute_ms < 100 {
             return Err(invalid("jobs.minute_ms", "must be at least 100"));
+        }
+        if self.shadow.max_pending_per_thing == 0 {
+            return Err(invalid("shadow.max_pending_per_thing", "must be at least 1"));
+        }
+        if self.jobs.max_pending_per_thing == 0 {
+            return Err(invalid("jobs.max_pending_per_thing", "must be at least 1"));
         }
         if self.shadow.max_document_bytes < 256 {
             return Err(invalid("shadow.max_document_bytes", "must be at least 256"));

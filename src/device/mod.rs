@@ -122,6 +122,24 @@ pub enum DeviceMsg {
     InjectPanic,
 }
 
+/// A place in a thing's bounded line of device-API requests (shadow, jobs). It is given
+/// back when dropped: when the actor has served the request, or when the request is lost
+/// with a failed actor, so a panic cannot leave a thing throttled for good.
+pub struct RequestPermit(Arc<SessionSlot>);
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Which line a request stands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Shadow,
+    Jobs,
+}
+
 /// A jobs call and where its answer goes.
 pub struct JobsRequest {
     pub call: JobsCall,
@@ -129,6 +147,8 @@ pub struct JobsRequest {
     pub requester: Option<Arc<SessionSlot>>,
     /// Whoever waits for the outcome (the scheduler).
     pub reply: Option<oneshot::Sender<Outcome>>,
+    /// A device's request holds a place in the thing's line; the scheduler's do not.
+    pub permit: Option<RequestPermit>,
 }
 
 /// A shadow request and where its answer goes.
@@ -139,6 +159,7 @@ pub struct ShadowRequest {
     pub requester: Option<Arc<SessionSlot>>,
     /// An in-process caller (the admin API) waiting for the replies.
     pub reply: Option<oneshot::Sender<Vec<Reply>>>,
+    pub permit: Option<RequestPermit>,
 }
 
 impl DeviceMsg {
@@ -209,6 +230,16 @@ impl Devices {
     /// Forgets `slot` if it is still the registered one.
     pub fn remove_slot(&self, slot: &Arc<SessionSlot>) {
         self.slots.remove_if(&slot.client_id, |_, s| Arc::ptr_eq(s, slot));
+    }
+
+    /// A place for one more request of `thing`, unless `limit` requests are already
+    /// waiting for or being served by its device actor. Shadow and jobs requests share
+    /// one count; each kind checks its own limit against it.
+    pub fn permit(&self, thing: &str, limit: usize) -> Option<RequestPermit> {
+        let slot = self.slot(thing);
+        let before = slot.requests.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let permit = RequestPermit(slot);
+        ((before as usize) < limit).then_some(permit)
     }
 
     /// Sessions known to this node.
@@ -296,11 +327,12 @@ impl Devices {
         thing: &str,
         call: JobsCall,
         requester: Option<Arc<SessionSlot>>,
+        permit: Option<RequestPermit>,
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         let thing: Arc<str> = Arc::from(thing);
         let slot = self.get_slot(&thing);
-        let req = JobsRequest { call, requester, reply: Some(tx) };
+        let req = JobsRequest { call, requester, reply: Some(tx), permit };
         self.cast(&thing, slot.as_deref(), DeviceMsg::Jobs(Box::new(req)));
         rx
     }

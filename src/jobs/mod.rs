@@ -77,6 +77,27 @@ fn opt_bool(m: &Map<String, Value>, k: &str, default: bool) -> Result<bool, Jobs
     }
 }
 
+/// The `rejected` reply to a request refused because the thing has too many waiting.
+pub fn throttled(topic: &JobsTopic, payload: &[u8], now_ms: u64) -> Reply {
+    let token = model::parse_request(payload).ok().and_then(|m| client_token(&m).ok().flatten());
+    let e = JobsError::new(ErrorCode::RequestThrottled, "Too many requests for this thing");
+    Reply {
+        topic: topic.reply("rejected"),
+        payload: e.payload(now_ms / 1000, token.as_deref()),
+        to_requester: true,
+    }
+}
+
+/// The metric label of a device request.
+pub fn op_label(op: &JobsOp) -> &'static str {
+    match op {
+        JobsOp::GetPending => "get_pending",
+        JobsOp::StartNext => "start_next",
+        JobsOp::Describe(_) => "describe",
+        JobsOp::Update(_) => "update",
+    }
+}
+
 fn client_token(m: &Map<String, Value>) -> Result<Option<String>, JobsError> {
     match m.get("clientToken") {
         None | Some(Value::Null) => Ok(None),
@@ -247,12 +268,7 @@ impl Jobs {
 
     fn count(&self, call: &JobsCall, result: &str) {
         let op = match call {
-            JobsCall::Request { topic, .. } => match topic.op {
-                JobsOp::GetPending => "get_pending",
-                JobsOp::StartNext => "start_next",
-                JobsOp::Describe(_) => "describe",
-                JobsOp::Update(_) => "update",
-            },
+            JobsCall::Request { topic, .. } => op_label(&topic.op),
             JobsCall::Queue { .. } => "queue",
             JobsCall::Timeout { .. } => "timeout",
             JobsCall::Cancel { .. } => "cancel",

@@ -60,7 +60,7 @@ pub fn spawn(
 
 impl Scheduler {
     async fn call(&self, thing: &str, call: JobsCall) -> bool {
-        let rx = self.devices.jobs(thing, call, None);
+        let rx = self.devices.jobs(thing, call, None, None);
         matches!(tokio::time::timeout(CALL_TIMEOUT, rx).await, Ok(Ok(o)) if o.ok)
     }
 

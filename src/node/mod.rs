@@ -128,6 +128,7 @@ impl Node {
                         devices: devices.clone(),
                         jobs: jobs.clone(),
                         registry: Arc::new(Registry::new(groups.clone())),
+                        shadow_pending_limit: cfg.shadow.max_pending_per_thing,
                     },
                     shutdown_rx.clone(),
                 )

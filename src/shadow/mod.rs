@@ -61,6 +61,14 @@ pub struct Shadows {
     metrics: Arc<Metrics>,
 }
 
+/// The `rejected` reply to a request refused because the thing has too many waiting
+/// (429, as AWS IoT answers more than its in-flight limit).
+pub fn throttled(topic: &RequestTopic, payload: &[u8], now_ms: u64) -> Reply {
+    let token = document::parse_token(payload).ok().flatten();
+    let r = Rejection::new(429, "Too many requests").with_token(token);
+    Reply { topic: topic.reply("rejected"), payload: r.payload(now_s(now_ms)), to_requester: true }
+}
+
 fn now_s(now_ms: u64) -> u64 {
     now_ms / 1000
 }

@@ -532,7 +532,7 @@ impl Conn {
             origin: Some(self.client.clone()),
         });
         let reserved = if msg.topic.starts_with("$aws/") {
-            reserved::route(&self.ctx.devices, &self.slot, &msg)
+            reserved::route(&self.ctx, &self.slot, &msg)
         } else {
             None
         };
