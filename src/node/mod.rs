@@ -113,6 +113,9 @@ impl Node {
                 .map_err(|e| NodeError::Supervisor(e.to_string()))?;
             supervisors.push(sup);
         }
+        // Restore wrote to the shards (crash-left clean sessions deleted, records marked
+        // disconnected); clients may read their sessions only after that is applied.
+        groups.settle_all().await;
         devices.set_supervisors(supervisors.clone());
         router.set_devices(devices.clone());
 
