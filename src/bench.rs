@@ -20,7 +20,8 @@ pub enum BenchMode {
     /// Subscribers and publishers in one process: latency, loss, duplicates.
     Pubsub,
     /// Devices updating their shadows (client id = thing): accepted updates per second and
-    /// update-to-accepted latency; --inflight updates outstanding per device.
+    /// update-to-accepted latency; --inflight updates outstanding per device (above the
+    /// broker's shadow.max_pending_per_thing, 10 by default, the excess gets 429).
     Shadow,
 }
 
