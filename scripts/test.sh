@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --all-features
-cargo bench --no-run
+# The benchmarks compile (in the test profile, sharing the build above; `cargo bench`
+# builds them optimized when figures are taken).
+cargo test --benches --no-run
 if [ "${HOMEPORT_SKIP_INTEROP:-0}" != "1" ]; then
   ./scripts/interop.sh
 fi
