@@ -394,18 +394,13 @@ impl DeviceState {
 
     /// Appends to the offline queue, applying the queue limit. `ack` (a publisher's
     /// acknowledgement) resolves once the message is committed, or at once if it is
-    /// dropped by policy. Returns false if dropped.
-    fn enqueue(
-        &mut self,
-        d: Delivery,
-        ack: Option<oneshot::Sender<Result<(), StoreError>>>,
-    ) -> bool {
+    /// dropped by policy (each drop is counted).
+    fn enqueue(&mut self, d: Delivery, ack: Option<oneshot::Sender<Result<(), StoreError>>>) {
         let m = &self.ctx.metrics;
         let dropped = |ack: Option<oneshot::Sender<_>>| {
             if let Some(a) = ack {
                 let _ = a.send(Ok(()));
             }
-            false
         };
         if d.msg.expired(now_ms()) {
             m.dropped(DropReason::Expired);
@@ -428,7 +423,6 @@ impl DeviceState {
         let ticket =
             self.ctx.sessions.enqueue(&self.client, seq, StoredMessage::from(&d), drop_oldest, ack);
         self.wrote(ticket);
-        true
     }
 
     fn subscribe(&mut self, filters: Vec<(String, SubOptions)>, id: Option<u32>) -> SubscribeReply {
