@@ -20,6 +20,7 @@
 //! - [`node`]: wires one node together; start and shutdown order.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod device;

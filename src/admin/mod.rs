@@ -1,12 +1,15 @@
 //! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
 //! shadows under `/api/things/{thing}/shadow` ([`shadows`]), jobs under `/api/jobs`
-//! ([`jobs`]), and the registry: things and thing groups ([`things`]).
+//! ([`jobs`]), the registry: things and thing groups ([`things`]), and identity and
+//! access: credentials, policies, CA and device certificates ([`identity`]).
 //!
 //! Owns: the HTTP surface for operators and applications. Must not touch: broker
 //! internals beyond reading metrics and readiness; device state changes go to the device
 //! actors. Errors are JSON bodies `{"code": ..., "message": ...}`.
 
 pub mod api;
+mod identity;
+pub mod identity_api;
 mod jobs;
 mod shadows;
 mod things;
@@ -41,6 +44,7 @@ pub struct AdminState {
     pub devices: Arc<Devices>,
     pub jobs: Arc<Jobs>,
     pub registry: Arc<Registry>,
+    pub auth: Arc<crate::auth::Auth>,
     /// `shadow.max_pending_per_thing`: more waiting requests for a thing get 429.
     pub shadow_pending_limit: usize,
 }
@@ -89,6 +93,7 @@ async fn not_found() -> Response {
         (name = "groups", description = "Thing groups and membership"),
         (name = "shadows", description = "Device shadows (AWS IoT compatible documents)"),
         (name = "jobs", description = "Jobs and their executions"),
+        (name = "identity", description = "Device credentials, certificates and policies"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -112,6 +117,16 @@ fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::describe))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::job_executions))
+        .routes(routes!(identity::create_credential, identity::list_credentials))
+        .routes(routes!(identity::delete_credential))
+        .routes(routes!(identity::list_policies))
+        .routes(routes!(identity::put_policy, identity::get_policy, identity::delete_policy))
+        .routes(routes!(identity::attach, identity::detach))
+        .routes(routes!(identity::attached))
+        .routes(routes!(identity::register_ca, identity::list_cas))
+        .routes(routes!(identity::set_ca_status))
+        .routes(routes!(identity::register_cert, identity::list_certs))
+        .routes(routes!(identity::get_cert, identity::set_cert_status))
         .split_for_parts()
 }
 

@@ -38,6 +38,7 @@ pub struct Config {
     pub raft: RaftConfig,
     pub shadow: ShadowConfig,
     pub jobs: JobsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +254,59 @@ impl Default for ShadowConfig {
     }
 }
 
+/// Where a client certificate's device identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertIdentity {
+    /// The subject's common name.
+    CommonName,
+    /// The first DNS name of the subject alternative names.
+    DnsName,
+}
+
+/// Device authentication and authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients that present no credentials, with every permission, as long as
+    /// their client id has no registered credential. Off unless configured; the
+    /// quick-start configuration (`default.toml`) turns it on.
+    pub allow_anonymous: bool,
+    /// PBKDF2 iterations for new device secrets and admin tokens.
+    pub secret_iterations: u32,
+    /// Longest lifetime (`exp - iat`) of a device JWT.
+    pub jwt_max_lifetime_secs: u64,
+    /// Clock difference tolerated when checking `iat` and `exp`.
+    pub jwt_clock_skew_secs: u64,
+    /// Which certificate field names the device.
+    pub cert_identity: CertIdentity,
+    /// Give every authenticated device the default policy (its own topics), on top of
+    /// the policies attached to it.
+    pub device_default_policy: bool,
+    /// Failed connects one source address may make within `failure_window_secs` before
+    /// its further connects are slowed down.
+    pub max_failures_per_address: u32,
+    pub failure_window_secs: u64,
+    /// How long a slowed-down connect waits before it is looked at.
+    pub failure_delay_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            secret_iterations: 64,
+            jwt_max_lifetime_secs: 86_400,
+            jwt_clock_skew_secs: 60,
+            cert_identity: CertIdentity::CommonName,
+            device_default_policy: true,
+            max_failures_per_address: 10,
+            failure_window_secs: 60,
+            failure_delay_ms: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -375,6 +429,16 @@ impl Config {
         {
             return Err(invalid("listeners", "at least one listener is required"));
         }
+        let a = &self.auth;
+        if a.secret_iterations == 0 || a.secret_iterations > 1_000_000 {
+            return Err(invalid("auth.secret_iterations", "must be between 1 and 1000000"));
+        }
+        if a.jwt_max_lifetime_secs == 0 {
+            return Err(invalid("auth.jwt_max_lifetime_secs", "must be at least 1"));
+        }
+        if a.failure_window_secs == 0 {
+            return Err(invalid("auth.failure_window_secs", "must be at least 1"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "not a valid tracing filter"));
         }
@@ -389,7 +453,12 @@ mod tests {
     #[test]
     fn embedded_default_validates_and_matches_code_defaults() {
         let parsed = Config::from_toml(DEFAULT_TOML).expect("default config is valid");
-        assert_eq!(parsed, Config::default());
+        // The quick-start file differs from the code defaults in one place only: it lets
+        // clients in without credentials.
+        let mut quick_start = Config::default();
+        assert!(!quick_start.auth.allow_anonymous);
+        quick_start.auth.allow_anonymous = true;
+        assert_eq!(parsed, quick_start);
     }
 
     #[test]

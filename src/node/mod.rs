@@ -18,6 +18,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState};
+use crate::auth::Auth;
 use crate::broker::Router;
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
@@ -44,6 +45,8 @@ pub enum NodeError {
     Supervisor(String),
     #[error("raft: {0}")]
     Raft(#[from] RaftStartError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running node.
@@ -56,6 +59,7 @@ pub struct Node {
     pub devices: Arc<Devices>,
     pub router: Arc<Router>,
     pub groups: Arc<Groups>,
+    pub auth: Arc<Auth>,
     store: Store,
     raft_log: Store,
     /// One device supervisor per shard.
@@ -79,6 +83,7 @@ impl Node {
         // log and are flushed before a snapshot lets the log be compacted).
         let raft_log = Store::open(&cfg.node.data_dir.join("raft-log"), metrics.clone())?;
         let groups = Arc::new(Groups::start(&store, &raft_log, &cfg.raft, metrics.clone()).await?);
+        let auth = Arc::new(Auth::new(groups.clone(), &cfg, metrics.clone())?);
         let sessions = SessionStore::new(groups.clone());
         let moved = sessions.migrate_legacy(store.db()).await?;
         if moved > 0 {
@@ -131,6 +136,7 @@ impl Node {
                         devices: devices.clone(),
                         jobs: jobs.clone(),
                         registry: Arc::new(Registry::new(groups.clone())),
+                        auth: auth.clone(),
                         shadow_pending_limit: cfg.shadow.max_pending_per_thing,
                     },
                     shutdown_rx.clone(),
@@ -145,6 +151,7 @@ impl Node {
             router: router.clone(),
             devices: devices.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
             shutdown: shutdown_rx.clone(),
         });
         let (done_tx, conns_done) = mpsc::channel(1);
@@ -181,6 +188,7 @@ impl Node {
             devices,
             router,
             groups,
+            auth,
             store,
             raft_log,
             supervisors,

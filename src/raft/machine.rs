@@ -261,6 +261,16 @@ pub fn read_execution(
     kv.get(&exec_key(thing, job_id))?.map(|v| decode(&v)).transpose()
 }
 
+/// Whether applying `cmd` may change an access decision (credentials, certificates,
+/// policies, things and their groups).
+pub fn touches_access(cmd: &Command) -> bool {
+    match cmd {
+        Command::PutAuth { .. } | Command::PutThing { .. } | Command::PutGroup { .. } => true,
+        Command::Batch(cmds) => cmds.iter().any(touches_access),
+        _ => false,
+    }
+}
+
 /// Applies one command: the writes to make and the answer for the proposer.
 pub fn apply(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), StoreError> {
     match cmd {
@@ -337,6 +347,10 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
         | Command::Dequeue { .. }
         | Command::ClearQueue { .. }
         | Command::PutRetained { .. } => super::sessions::apply(kv, cmd),
+        Command::PutAuth { key, expect, value } => {
+            crate::auth::records::put(kv, key, *expect, value.as_ref())
+        }
+        Command::Audit { entry, keep } => crate::auth::records::audit(kv, entry, *keep),
         Command::PutExecution { expect, value } => {
             let old = read_execution(kv, &value.thing, &value.job_id)?;
             let found = old.as_ref().map(|e| e.version);

@@ -104,6 +104,8 @@ struct Group {
     proposals: parking_lot::Mutex<(u64, mpsc::UnboundedSender<Pending>)>,
     /// The highest ticket whose command has been applied (or has failed).
     done: watch::Receiver<u64>,
+    /// See [`StateMachine::access_epoch`].
+    access_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A submitted command's place in its group's order (see [`Groups::settled`]).
@@ -255,6 +257,7 @@ impl Groups {
             let log_store = LogStore::open(log, g)?;
             let sm = StateMachine::open(store, g)?;
             let data = sm.tree();
+            let access_epoch = sm.access_epoch();
             let raft = Raft::new(cfg.node_id, config.clone(), LocalOnly, log_store, sm)
                 .await
                 .map_err(|e| err(e.to_string()))?;
@@ -270,6 +273,7 @@ impl Groups {
                 data,
                 proposals: parking_lot::Mutex::new((0, proposals)),
                 done,
+                access_epoch,
             });
         }
         for (g, group) in groups.iter().enumerate() {
@@ -285,6 +289,12 @@ impl Groups {
                 })?;
         }
         Ok(Groups { groups, metrics })
+    }
+
+    /// Moves whenever the meta group applies a change to credentials, certificates,
+    /// policies or the registry (on any node: it counts applies, not writers).
+    pub fn access_epoch(&self) -> u64 {
+        self.groups[0].access_epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Shard groups (not counting the meta group).

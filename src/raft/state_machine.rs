@@ -60,13 +60,26 @@ type Copy = (Option<LogId<NodeId>>, Membership, Vec<(Vec<u8>, Vec<u8>)>);
 pub struct StateMachine {
     tree: sled::Tree,
     snapshots: Arc<AtomicU64>,
+    /// Counts applied changes that bear on access decisions (see
+    /// [`machine::touches_access`]); connections recompile their policies when it moves.
+    access_epoch: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     /// Opens the state machine of `group` (tree `raft.{group}.sm`).
     pub fn open(store: &Store, group: u32) -> Result<StateMachine, StoreError> {
         let tree = store.db().open_tree(format!("raft.{group}.sm"))?;
-        Ok(StateMachine { tree, snapshots: Arc::new(AtomicU64::new(0)) })
+        Ok(StateMachine {
+            tree,
+            snapshots: Arc::new(AtomicU64::new(0)),
+            access_epoch: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The counter of applied changes to credentials, certificates, policies and the
+    /// registry.
+    pub fn access_epoch(&self) -> Arc<AtomicU64> {
+        self.access_epoch.clone()
     }
 
     /// The data tree, for reads that do not go through Raft (a device actor reading its
@@ -109,6 +122,9 @@ impl StateMachine {
         };
         batch.insert(APPLIED, encode(&Some(entry.log_id))?);
         self.tree.apply_batch(batch)?;
+        if matches!(&entry.payload, EntryPayload::Normal(cmd) if machine::touches_access(cmd)) {
+            self.access_epoch.fetch_add(1, Ordering::Release);
+        }
         Ok(resp)
     }
 }
@@ -182,6 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.insert(SNAPSHOT, encode(&stored).map_err(sm_write)?);
         self.tree.apply_batch(batch).map_err(sm_write)?;
         self.tree.flush_async().await.map_err(sm_write)?;
+        self.access_epoch.fetch_add(1, Ordering::Release);
         Ok(())
     }
 

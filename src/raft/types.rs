@@ -9,6 +9,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::records::{AuditEntry, AuthKey, AuthRecord};
 use crate::broker::StoredMessage;
 use crate::jobs::model::{Execution, Job};
 use crate::registry::{Group, Thing};
@@ -75,6 +76,12 @@ pub enum Command {
     /// Sets (`Some`) or clears the retained message of `topic`. The shard group of the
     /// topic.
     PutRetained { topic: String, msg: Option<StoredMessage> },
+    /// Writes or deletes an identity or access record (credential, CA or device
+    /// certificate, policy, attachment, admin token) if its stored version is still
+    /// `expect`. Meta group.
+    PutAuth { key: AuthKey, expect: Option<u64>, value: Option<AuthRecord> },
+    /// Appends to the audit log, dropping the entry `keep` behind the new one. Meta group.
+    Audit { entry: AuditEntry, keep: u64 },
     /// Many proposers' commands in one log entry (one append, one flush), applied in
     /// order; each sees the writes of those before it.
     Batch(Vec<Command>),

@@ -129,6 +129,15 @@ pub struct Metrics {
     pub jobs_requests: IntCounterVec,
     /// Job executions created by rollouts.
     pub jobs_executions_created: IntCounter,
+    /// Refused CONNECTs by authentication reason (`bad_secret`, `token_expired`,
+    /// `certificate_revoked`, ...).
+    pub auth_failures: IntCounterVec,
+    /// CONNECTs slowed down because their address failed too often.
+    pub auth_throttled: IntCounter,
+    /// Live connections closed because their credential was revoked or deactivated.
+    pub auth_revoked_closed: IntCounter,
+    /// Publish, subscribe and receive decisions that denied, by action.
+    pub authz_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -275,8 +284,29 @@ impl Metrics {
                 "homeport_jobs_executions_created_total",
                 "Job executions queued by rollouts",
             ),
+            auth_failures: counter_vec(
+                "homeport_auth_failures_total",
+                "CONNECTs refused by authentication, by reason",
+                &["reason"],
+            ),
+            auth_throttled: counter(
+                "homeport_auth_throttled_total",
+                "CONNECTs slowed down after repeated failures from their address",
+            ),
+            auth_revoked_closed: counter(
+                "homeport_auth_revoked_connections_closed_total",
+                "Live connections closed because their credential was revoked or deactivated",
+            ),
+            authz_denied: counter_vec(
+                "homeport_authz_denied_total",
+                "Publish, subscribe and receive requests denied by policy, by action",
+                &["action"],
+            ),
             registry,
         };
+        for a in ["publish", "subscribe", "receive"] {
+            m.authz_denied.with_label_values(&[a]);
+        }
         // Export the usual series from the start, at zero.
         for l in ["tcp", "tls", "ws"] {
             m.connections.with_label_values(&[l]).set(0);

@@ -55,7 +55,7 @@ pub async fn bind_listeners(
         tokio::spawn(accept_loop(l, ctx.clone(), done.clone(), Kind::Tcp));
     }
     if let Some(t) = &cfg.listeners.tls {
-        let acceptor = tls_acceptor(t)?;
+        let acceptor = tls_acceptor(t, ctx.auth.verifier())?;
         let (l, addr) = bind(t.bind).await?;
         bound.tls = Some(addr);
         let deadline = Duration::from_secs(t.handshake_timeout_secs);
@@ -106,6 +106,8 @@ async fn accept_loop(l: TcpListener, ctx: Arc<ConnCtx>, done: mpsc::Sender<()>, 
                 });
             }
             Kind::Tls(acceptor, deadline) => {
+                // Registered CAs may have changed since the last handshake.
+                ctx.auth.refresh_anchors();
                 tokio::spawn(async move {
                     let _done = done;
                     match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
@@ -138,7 +140,12 @@ async fn accept_loop(l: TcpListener, ctx: Arc<ConnCtx>, done: mpsc::Sender<()>, 
     }
 }
 
-fn tls_acceptor(t: &TlsListenerConfig) -> Result<TlsAcceptor, TransportError> {
+/// The listener's TLS configuration. Client certificates are verified by `verifier`,
+/// whose anchors are the `client_ca` file and the registered, active CAs.
+fn tls_acceptor(
+    t: &TlsListenerConfig,
+    verifier: Option<Arc<crate::auth::x509::DynamicVerifier>>,
+) -> Result<TlsAcceptor, TransportError> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| TransportError::Tls(format!("{}: {e}", p.display())))
     };
@@ -155,23 +162,8 @@ fn tls_acceptor(t: &TlsListenerConfig) -> Result<TlsAcceptor, TransportError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let builder = match &t.client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut &read(ca)?[..]) {
-                let c = c.map_err(|e| TransportError::Tls(format!("{}: {e}", ca.display())))?;
-                roots.add(c).map_err(|e| TransportError::Tls(format!("{}: {e}", ca.display())))?;
-            }
-            let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            );
-            if !t.require_client_cert {
-                v = v.allow_unauthenticated();
-            }
-            let v = v.build().map_err(|e| TransportError::Tls(e.to_string()))?;
-            builder.with_client_cert_verifier(v)
-        }
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let mut cfg =

@@ -21,6 +21,8 @@ pub fn config(dir: &Path) -> Config {
         Some(WsListenerConfig { bind: "127.0.0.1:0".parse().unwrap(), path: "/mqtt".into() });
     cfg.admin.bind = Some("127.0.0.1:0".parse().unwrap());
     cfg.mqtt.sys_interval_secs = 0;
+    // Most tests are about the broker, not identity: the quick-start setting.
+    cfg.auth.allow_anonymous = true;
     cfg
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 pub use session::serve_connection;
 
+use crate::auth::Auth;
 use crate::broker::Router;
 use crate::config::Config;
 use crate::device::Devices;
@@ -33,6 +34,11 @@ pub trait DeviceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
     }
+
+    /// The client certificate the TLS layer verified (DER), if any.
+    fn peer_certificate(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl DeviceIo for TcpStream {
@@ -41,7 +47,11 @@ impl DeviceIo for TcpStream {
     }
 }
 
-impl DeviceIo for tokio_rustls::server::TlsStream<TcpStream> {}
+impl DeviceIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.get_ref().1.peer_certificates()?.first().map(|c| c.to_vec())
+    }
+}
 impl DeviceIo for tokio::io::DuplexStream {}
 
 /// What every connection of a node shares.
@@ -50,6 +60,7 @@ pub struct ConnCtx {
     pub router: Arc<Router>,
     pub devices: Arc<Devices>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
     /// Flips to true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -16,6 +16,8 @@ use super::handshake::{self, Negotiated, Refused};
 use super::outbound::Outbound;
 use super::{presence, reserved};
 use super::{ConnCtx, DeviceIo, Peer};
+use crate::auth::policy::Action;
+use crate::auth::{Access, ConnectAuth, Tracked};
 use crate::broker::{
     app_properties, now_ms, AckWait, ConnQueue, Control, Delivery, LiveState, Message, SessionSlot,
 };
@@ -102,6 +104,10 @@ struct Conn {
     /// Offline-queue entries completed since the last report to the actor.
     delivered: Vec<u64>,
     expiry_update: Option<u32>,
+    /// What this client may publish, subscribe to and receive.
+    access: Access,
+    /// In the node's set of authenticated connections while it lives.
+    _tracked: Option<Tracked>,
 }
 
 /// Serves one device connection from CONNECT to close.
@@ -158,7 +164,24 @@ async fn open<S: DeviceIo>(
             return None;
         }
     };
+    let cert = io.peer_certificate();
+    ctx.auth.pace(peer.addr.ip()).await;
+    let presented = ConnectAuth {
+        client_id: &neg.client_id,
+        password: connect.password.as_deref(),
+        cert: cert.as_deref(),
+    };
+    let grant = match ctx.auth.authenticate(&presented) {
+        Ok(g) => g,
+        Err(r) => {
+            ctx.auth.failed(peer.addr.ip(), r.label);
+            tracing::info!(message = "connect refused", client = %neg.client_id, peer = %peer.addr, reason = r.label);
+            handshake::refuse(io, connect.protocol, r.reason, &ctx).await;
+            return None;
+        }
+    };
     let queue = Arc::new(ConnQueue::new(handshake::next_conn_id(), ctx.cfg.mqtt.outbound_queue));
+    let tracked = ctx.auth.track(queue.id, &grant, &queue);
     let req = AttachRequest {
         conn: queue.clone(),
         clean_start: connect.clean_start,
@@ -186,6 +209,8 @@ async fn open<S: DeviceIo>(
         paused: None,
         delivered: Vec::new(),
         expiry_update: None,
+        access: Access::new(grant),
+        _tracked: tracked,
         ctx: ctx.clone(),
         neg,
     };
@@ -236,6 +261,14 @@ async fn front(owed: &mut VecDeque<OwedAck>) -> AckDone {
 
 impl Conn {
     fn deliver(&mut self, d: Delivery) {
+        // Checked at delivery too: policies change, and retained and queued messages
+        // were published before this connection's rules were known.
+        if !self.access.allows(&self.ctx.auth, Action::Receive, &d.msg.topic) {
+            if let Some(seq) = d.seq {
+                self.delivered.push(seq);
+            }
+            return;
+        }
         if let Some((pkid, d)) = self.outgoing.submit(d) {
             self.send_publish(pkid, &d, false);
         }
@@ -521,6 +554,15 @@ impl Conn {
                 Ok(true) => {}
             },
         }
+        if !self.access.allows(&self.ctx.auth, Action::Publish, &topic) {
+            // v5 gets 0x87; 3.1.1, which has no negative acknowledgement, gets its
+            // acknowledgement and the message is dropped (counted as denied).
+            let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
+            return match p.qos {
+                QoS::AtMostOnce => Ok(()),
+                qos => self.owe(p.pkid, qos, reason, Vec::new()),
+            };
+        }
         let now = now_ms();
         let msg = Arc::new(Message {
             topic,
@@ -567,6 +609,18 @@ impl Conn {
                 (ReasonCode::UnspecifiedError, Vec::new())
             }
         };
+        self.owe(pkid, qos, reason, waits)
+    }
+
+    /// Acknowledges a QoS 1/2 PUBLISH once `waits` are over, after those owed before it.
+    fn owe(
+        &mut self,
+        pkid: u16,
+        qos: QoS,
+        reason: ReasonCode,
+        waits: Vec<AckWait>,
+    ) -> Result<(), End> {
+        let v5 = self.neg.protocol.is_v5();
         if waits.is_empty() && self.owed.is_empty() {
             return self.acknowledge(AckDone { pkid, qos, reason, owed: false });
         }
@@ -673,7 +727,19 @@ impl Conn {
             return Err(End::Violation(ReasonCode::ProtocolError, "no_local_on_shared"));
         }
         let id = s.properties.subscription_identifiers.first().copied();
-        let filters = s.filters.clone();
+        let allowed: Vec<bool> = s
+            .filters
+            .iter()
+            .map(|(f, _)| self.access.allows(&self.ctx.auth, Action::Subscribe, f))
+            .collect();
+        let filters: Vec<_> =
+            s.filters.iter().zip(&allowed).filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
+        if filters.is_empty() {
+            let reasons = vec![ReasonCode::NotAuthorized; s.filters.len()];
+            let ack = SubAck { pkid: s.pkid, reasons, properties: Properties::default() };
+            self.out.packet(&Packet::SubAck(ack), &self.ctx.metrics);
+            return Ok(());
+        }
         let res = self
             .ctx
             .devices
@@ -690,7 +756,17 @@ impl Conn {
                     None => true,
                 };
                 if ok {
-                    (r.codes, r.retained)
+                    // Denied filters were not asked for; their places get 0x87 (0x80 on
+                    // 3.1.1).
+                    let mut codes = r.codes.into_iter();
+                    let all = allowed
+                        .iter()
+                        .map(|a| match a {
+                            true => codes.next().unwrap_or(ReasonCode::UnspecifiedError),
+                            false => ReasonCode::NotAuthorized,
+                        })
+                        .collect();
+                    (all, r.retained)
                 } else {
                     (vec![ReasonCode::UnspecifiedError; s.filters.len()], Vec::new())
                 }
