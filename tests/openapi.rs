@@ -71,6 +71,23 @@ async fn the_document_lists_every_endpoint_and_matches_the_answers() {
         ("/api/jobs/{id}", "get"),
         ("/api/jobs/{id}/cancel", "post"),
         ("/api/jobs/{id}/executions", "get"),
+        ("/api/things/{thing}/credentials", "get"),
+        ("/api/things/{thing}/credentials", "post"),
+        ("/api/things/{thing}/credentials/{id}", "delete"),
+        ("/api/policies", "get"),
+        ("/api/policies/{name}", "get"),
+        ("/api/policies/{name}", "put"),
+        ("/api/policies/{name}", "delete"),
+        ("/api/policies/{name}/attachments/{kind}/{target}", "put"),
+        ("/api/policies/{name}/attachments/{kind}/{target}", "delete"),
+        ("/api/attachments/{kind}/{target}", "get"),
+        ("/api/cas", "get"),
+        ("/api/cas", "post"),
+        ("/api/cas/{id}", "patch"),
+        ("/api/certificates", "get"),
+        ("/api/certificates", "post"),
+        ("/api/certificates/{id}", "get"),
+        ("/api/certificates/{id}", "patch"),
     ];
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
@@ -95,6 +112,25 @@ async fn the_document_lists_every_endpoint_and_matches_the_answers() {
     assert_eq!(keys(&v(&body)), props(&doc, "GroupView"));
     let (_, body) = http_get(a, "/api/things?limit=1").await;
     assert_eq!(keys(&v(&body)), props(&doc, "ThingList"));
+
+    let policy = json!({"document": {"statements": [
+        {"effect": "allow", "actions": ["publish"], "topics": ["a/#"]}]}});
+    let (status, body) = http(a, "PUT", "/api/policies/p1", &policy.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(keys(&v(&body)), props(&doc, "PolicyView"));
+    let (_, body) = http_get(a, "/api/policies").await;
+    assert_eq!(keys(&v(&body)), props(&doc, "PolicyList"));
+    http(a, "PUT", "/api/policies/p1/attachments/thing/doc-1", "").await;
+    let (_, body) = http_get(a, "/api/attachments/thing/doc-1").await;
+    assert_eq!(keys(&v(&body)), props(&doc, "AttachedPolicies"));
+    let (status, body) =
+        http(a, "POST", "/api/things/doc-1/credentials", r#"{"type":"secret"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let mut shown = props(&doc, "CredentialView");
+    // Only public keys have an algorithm; this one has no expiry.
+    shown.remove("algorithm");
+    shown.remove("expiresAt");
+    assert_eq!(keys(&v(&body)), shown);
 
     let job = json!({"jobId": "j1", "document": {"op": "x"}, "targets": ["doc-1"]}).to_string();
     let (status, body) = http(a, "POST", "/api/jobs", &job).await;

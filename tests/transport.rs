@@ -39,10 +39,10 @@ fn pki(dir: &Path) -> Pki {
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
 
     let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["device-1".into()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
+    // The certificate names the device: its common name is the client id it uses.
+    let mut client_params = CertificateParams::new(vec!["device-1".into()]).unwrap();
+    client_params.distinguished_name.push(rcgen::DnType::CommonName, "tls-client");
+    let client = client_params.signed_by(&client_key, &ca).unwrap();
     Pki { ca_pem: ca.pem(), client: (client.pem(), client_key.serialize_pem()) }
 }
 
@@ -87,9 +87,9 @@ async fn tls_round_trip(node: &homeport::node::Node, tls: TlsConfiguration) {
     o.set_transport(Transport::Tls(tls));
     let (c, mut ev) = AsyncClient::new(o, 10);
     until(&mut ev, |e| matches!(e, Event::Incoming(RPacket::ConnAck(_))).then_some(())).await;
-    c.subscribe("tls/t", QoS::AtLeastOnce).await.unwrap();
+    c.subscribe("devices/tls-client/t", QoS::AtLeastOnce).await.unwrap();
     until(&mut ev, |e| matches!(e, Event::Incoming(RPacket::SubAck(_))).then_some(())).await;
-    c.publish("tls/t", QoS::AtLeastOnce, false, "secret").await.unwrap();
+    c.publish("devices/tls-client/t", QoS::AtLeastOnce, false, "secret").await.unwrap();
     let p = until(&mut ev, |e| match e {
         Event::Incoming(RPacket::Publish(p)) => Some(p.clone()),
         _ => None,

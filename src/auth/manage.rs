@@ -12,7 +12,7 @@ use super::secret;
 use super::x509;
 use super::{storage, Auth, AuthError};
 use crate::broker::now_ms;
-use crate::raft::{Command, Response};
+use crate::raft::{machine, Command, Response};
 
 /// Longest policy, credential or certificate name we accept.
 const MAX_NAME: usize = 128;
@@ -104,6 +104,9 @@ impl Auth {
         kind: CredentialKind,
         expires_ms: Option<u64>,
     ) -> Result<Credential, AuthError> {
+        if machine::read_thing(self.meta()?, thing).map_err(storage)?.is_none() {
+            return Err(AuthError::NotFound(format!("thing {thing}")));
+        }
         if self.credentials(thing)?.len() >= 10 {
             return Err(AuthError::Invalid(format!("thing {thing}: at most 10 credentials")));
         }
