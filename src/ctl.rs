@@ -17,7 +17,10 @@ pub struct CtlArgs {
     admin: String,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Admin API bearer token (`homeport gen-token`, or `ctl tokens create`).
+    #[arg(long, env = "HOMEPORT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: CtlCmd,
 }
@@ -36,6 +39,26 @@ enum CtlCmd {
     /// Jobs.
     #[command(subcommand)]
     Jobs(JobCmd),
+    /// Device credentials (secrets and public keys).
+    #[command(subcommand)]
+    Credentials(crate::ctl_identity::CredentialCmd),
+    /// Authorization policies and their attachments.
+    #[command(subcommand)]
+    Policies(crate::ctl_identity::PolicyCmd),
+    /// CA and device certificates.
+    #[command(subcommand)]
+    Certs(crate::ctl_identity::CertCmd),
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Tokens(crate::ctl_identity::TokenCmd),
+    /// The audit log of mutating admin requests.
+    Audit {
+        /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -217,6 +240,7 @@ enum JobCmd {
 /// One HTTP/1.1 request with `Connection: close`: (status, body).
 fn request(
     admin: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -230,9 +254,10 @@ fn request(
         .with_context(|| format!("connecting to the admin API at {admin}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut out = Vec::new();
@@ -273,8 +298,13 @@ fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Calls the API; a non-2xx answer becomes an error with the API's code and message.
-fn call(a: &CtlArgs, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-    let (status, body) = request(&a.admin, method, path, body)?;
+pub(crate) fn call(
+    a: &CtlArgs,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let (status, body) = request(&a.admin, a.token.as_deref(), method, path, body)?;
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if !(200..300).contains(&status) {
         let code = v["code"].as_str().unwrap_or("error");
@@ -284,7 +314,7 @@ fn call(a: &CtlArgs, method: &str, path: &str, body: Option<&Value>) -> anyhow::
     Ok(v)
 }
 
-fn parse_object(flag: &str, text: &str) -> anyhow::Result<Value> {
+pub(crate) fn parse_object(flag: &str, text: &str) -> anyhow::Result<Value> {
     match serde_json::from_str::<Value>(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => bail!("{flag}: must be a JSON object"),
@@ -299,12 +329,12 @@ fn shadow_path(thing: &str, name: &Option<String>) -> String {
     }
 }
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 /// A plain text table: a header row and aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -327,7 +357,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -600,6 +630,11 @@ pub fn main(a: CtlArgs) -> anyhow::Result<()> {
             let head = if first == "jobId" { "JOB" } else { "THING" };
             (v.clone(), table(&[head, "STATUS", "EXECUTION", "UPDATED"], &rows))
         }
+        CtlCmd::Credentials(c) => crate::ctl_identity::credentials(&a, c)?,
+        CtlCmd::Policies(c) => crate::ctl_identity::policies(&a, c)?,
+        CtlCmd::Certs(c) => crate::ctl_identity::certs(&a, c)?,
+        CtlCmd::Tokens(c) => crate::ctl_identity::tokens(&a, c)?,
+        CtlCmd::Audit { after, limit } => crate::ctl_identity::audit(&a, *after, *limit)?,
     };
     if a.json {
         println!("{}", pretty(&out));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod ctl;
+mod ctl_identity;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,8 +30,11 @@ enum Cmd {
     CheckConfig { file: PathBuf },
     /// Load generator (conn, pub, sub, pubsub, shadow) against any MQTT broker.
     Bench(bench::BenchArgs),
-    /// Talk to a node's admin API: things, groups, shadows and jobs.
+    /// Talk to a node's admin API: things, groups, shadows, jobs, credentials,
+    /// policies, certificates, tokens and the audit log.
     Ctl(ctl::CtlArgs),
+    /// Print a new admin root token and the `admin.root_token_sha256` line for it.
+    GenToken,
 }
 
 #[derive(clap::Args)]
@@ -148,6 +152,12 @@ fn main() -> ExitCode {
             Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
         },
         Cmd::Bench(args) => bench::main(args),
+        Cmd::GenToken => homeport::auth::tokens::new_root_token()
+            .map(|(token, hash)| {
+                println!("token (keep it secret; it is not stored): {token}");
+                println!("config line for [admin]: root_token_sha256 = \"{hash}\"");
+            })
+            .map_err(anyhow::Error::from),
         Cmd::Ctl(args) => ctl::main(args),
         Cmd::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -201,3 +201,53 @@ impl From<&CertRecord> for CertView {
 pub struct CertList {
     pub certificates: Vec<CertView>,
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateToken {
+    /// Who or what uses it (shown in the audit log).
+    pub name: Option<String>,
+    pub role: Option<crate::auth::records::Role>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    pub token_id: String,
+    pub name: String,
+    pub role: crate::auth::records::Role,
+    pub created_at: u64,
+    pub revoked: bool,
+    /// Only in the answer that created it: `Authorization: Bearer <token>`. It is not
+    /// stored and cannot be read again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<&crate::auth::records::AdminToken> for TokenView {
+    fn from(t: &crate::auth::records::AdminToken) -> Self {
+        TokenView {
+            token_id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role,
+            created_at: t.created_ms,
+            revoked: t.revoked,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditList {
+    pub entries: Vec<crate::auth::records::AuditEntry>,
+    /// Pass as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}

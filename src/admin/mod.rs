@@ -7,6 +7,7 @@
 //! internals beyond reading metrics and readiness; device state changes go to the device
 //! actors. Errors are JSON bodies `{"code": ..., "message": ...}`.
 
+mod access;
 pub mod api;
 mod identity;
 pub mod identity_api;
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub jobs: Arc<Jobs>,
     pub registry: Arc<Registry>,
     pub auth: Arc<crate::auth::Auth>,
+    /// `admin.require_token`.
+    pub require_token: bool,
     /// `shadow.max_pending_per_thing`: more waiting requests for a thing get 429.
     pub shadow_pending_limit: usize,
 }
@@ -94,6 +97,7 @@ async fn not_found() -> Response {
         (name = "shadows", description = "Device shadows (AWS IoT compatible documents)"),
         (name = "jobs", description = "Jobs and their executions"),
         (name = "identity", description = "Device credentials, certificates and policies"),
+        (name = "access", description = "Admin API tokens and the audit log"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -127,6 +131,9 @@ fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
         .routes(routes!(identity::set_ca_status))
         .routes(routes!(identity::register_cert, identity::list_certs))
         .routes(routes!(identity::get_cert, identity::set_cert_status))
+        .routes(routes!(access::create_token, access::list_tokens))
+        .routes(routes!(access::revoke_token))
+        .routes(routes!(access::audit))
         .split_for_parts()
 }
 
@@ -141,6 +148,7 @@ pub fn router(state: AdminState) -> Router {
     routes
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
 }
 

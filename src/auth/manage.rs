@@ -37,7 +37,7 @@ fn new_id() -> Result<String, AuthError> {
 }
 
 impl Auth {
-    async fn put(
+    pub(super) async fn put(
         &self,
         key: AuthKey,
         expect: Option<u64>,
@@ -53,7 +53,7 @@ impl Auth {
         }
     }
 
-    fn list<T>(
+    pub(super) fn list<T>(
         &self,
         kind: &str,
         pick: impl Fn(AuthRecord) -> Option<T>,

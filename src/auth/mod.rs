@@ -17,6 +17,7 @@ mod manage;
 pub mod policy;
 pub mod records;
 pub mod secret;
+pub mod tokens;
 pub mod x509;
 
 use std::collections::HashMap;
@@ -120,6 +121,10 @@ pub struct Auth {
     anchors_epoch: AtomicU64,
     /// Authenticated connections by connection id.
     live: DashMap<u64, Live>,
+    /// `admin.root_token_sha256`.
+    root_token_sha256: Option<String>,
+    /// `admin.audit_keep`.
+    audit_keep: u64,
 }
 
 impl Auth {
@@ -157,6 +162,8 @@ impl Auth {
             static_anchors,
             anchors_epoch: AtomicU64::new(u64::MAX),
             live: DashMap::new(),
+            root_token_sha256: cfg.admin.root_token_sha256.clone(),
+            audit_keep: cfg.admin.audit_keep,
         };
         auth.refresh_anchors();
         Ok(auth)

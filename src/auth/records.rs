@@ -109,6 +109,7 @@ pub struct AdminToken {
 
 /// One audited request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Assigned when applied; 0 in the command.
     pub seq: u64,

@@ -177,11 +177,24 @@ fn default_ws_path() -> String {
 pub struct AdminConfig {
     /// `None` turns the admin HTTP server off.
     pub bind: Option<SocketAddr>,
+    /// Every API request but health, readiness, metrics and the OpenAPI document needs
+    /// a bearer token. On unless configured; the quick-start file turns it off.
+    pub require_token: bool,
+    /// SHA-256 (hex) of the root token, which has the admin role. `homeport gen-token`
+    /// makes one.
+    pub root_token_sha256: Option<String>,
+    /// Audit log entries kept (the oldest go first).
+    pub audit_keep: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { bind: Some(([0, 0, 0, 0], 8080).into()) }
+        Self {
+            bind: Some(([0, 0, 0, 0], 8080).into()),
+            require_token: true,
+            root_token_sha256: None,
+            audit_keep: 100_000,
+        }
     }
 }
 
@@ -429,6 +442,22 @@ impl Config {
         {
             return Err(invalid("listeners", "at least one listener is required"));
         }
+        let ad = &self.admin;
+        if let Some(h) = &ad.root_token_sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                return Err(invalid("admin.root_token_sha256", "must be 64 lower-case hex digits"));
+            }
+        }
+        if ad.require_token && ad.bind.is_some() && ad.root_token_sha256.is_none() {
+            return Err(invalid(
+                "admin.root_token_sha256",
+                "required while admin.require_token is true (`homeport gen-token` makes one)",
+            ));
+        }
+        if ad.audit_keep == 0 {
+            return Err(invalid("admin.audit_keep", "must be at least 1"));
+        }
         let a = &self.auth;
         if a.secret_iterations == 0 || a.secret_iterations > 1_000_000 {
             return Err(invalid("auth.secret_iterations", "must be between 1 and 1000000"));
@@ -457,13 +486,22 @@ mod tests {
         // clients in without credentials.
         let mut quick_start = Config::default();
         assert!(!quick_start.auth.allow_anonymous);
+        assert!(quick_start.admin.require_token);
         quick_start.auth.allow_anonymous = true;
+        quick_start.admin.require_token = false;
         assert_eq!(parsed, quick_start);
     }
 
     #[test]
-    fn empty_file_is_the_default() {
-        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    fn an_empty_file_is_the_default_and_must_name_a_root_token() {
+        // Outside the quick start the admin API needs tokens, so a root token is required.
+        let e = Config::from_toml("").unwrap_err();
+        assert!(e.to_string().contains("admin.root_token_sha256"), "{e}");
+        let h = "ab".repeat(32);
+        let cfg = Config::from_toml(&format!("[admin]\nroot_token_sha256 = \"{h}\"\n")).unwrap();
+        let mut want = Config::default();
+        want.admin.root_token_sha256 = Some(h);
+        assert_eq!(cfg, want);
     }
 
     #[test]

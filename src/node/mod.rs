@@ -137,6 +137,7 @@ impl Node {
                         jobs: jobs.clone(),
                         registry: Arc::new(Registry::new(groups.clone())),
                         auth: auth.clone(),
+                        require_token: cfg.admin.require_token,
                         shadow_pending_limit: cfg.shadow.max_pending_per_thing,
                     },
                     shutdown_rx.clone(),

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub auth_revoked_closed: IntCounter,
     /// Publish, subscribe and receive decisions that denied, by action.
     pub authz_denied: IntCounterVec,
+    /// Admin API requests refused (`unauthorized`, `forbidden`).
+    pub admin_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -301,6 +303,11 @@ impl Metrics {
                 "homeport_authz_denied_total",
                 "Publish, subscribe and receive requests denied by policy, by action",
                 &["action"],
+            ),
+            admin_denied: counter_vec(
+                "homeport_admin_requests_denied_total",
+                "Admin API requests refused for a missing or weak token, by reason",
+                &["reason"],
             ),
             registry,
         };

@@ -23,6 +23,7 @@ pub fn config(dir: &Path) -> Config {
     cfg.mqtt.sys_interval_secs = 0;
     // Most tests are about the broker, not identity: the quick-start setting.
     cfg.auth.allow_anonymous = true;
+    cfg.admin.require_token = false;
     cfg
 }
 
