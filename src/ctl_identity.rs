@@ -67,8 +67,12 @@ pub enum CertCmd {
     /// Register a CA certificate (PEM file).
     RegisterCa {
         file: PathBuf,
+        /// Register the certificates it issued at their first connect.
         #[arg(long)]
         auto_register: bool,
+        /// JSON provisioning template (inline or @FILE) for auto-registration.
+        #[arg(long)]
+        template: Option<String>,
     },
     ListCas,
     /// Set a CA's status: ACTIVE, INACTIVE or REVOKED.
@@ -216,9 +220,16 @@ pub fn policies(a: &CtlArgs, c: &PolicyCmd) -> anyhow::Result<Out> {
 pub fn certs(a: &CtlArgs, c: &CertCmd) -> anyhow::Result<Out> {
     let cert_fields = ["certificateId", "status", "subject", "thingName"];
     Ok(match c {
-        CertCmd::RegisterCa { file, auto_register } => {
-            let body =
-                json!({"caCertificatePem": read("file", file)?, "autoRegister": auto_register});
+        CertCmd::RegisterCa { file, auto_register, template } => {
+            let template = match template {
+                Some(t) => Some(match t.strip_prefix('@') {
+                    Some(f) => parse_object("--template", &read("--template", &PathBuf::from(f))?)?,
+                    None => parse_object("--template", t)?,
+                }),
+                None => None,
+            };
+            let body = json!({"caCertificatePem": read("file", file)?,
+                "autoRegister": auto_register, "provisioningTemplate": template});
             let v = call(a, "POST", "/api/cas", Some(&body))?;
             let t = format!("registered CA {}", cell(&v["certificateId"]));
             (v, t)

@@ -37,9 +37,17 @@ impl Ca {
 
     /// A device certificate with this common name: (certificate PEM, key PEM).
     fn device(&self, cn: &str) -> (String, String) {
+        self.device_in(cn, None)
+    }
+
+    /// The same, with an organizational unit.
+    fn device_in(&self, cn: &str, ou: Option<&str>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(ou) = ou {
+            p.distinguished_name.push(DnType::OrganizationalUnitName, ou);
+        }
         let c = p.signed_by(&key, &self.issuer).unwrap();
         (c.pem(), key.serialize_pem())
     }
@@ -236,5 +244,77 @@ async fn registered_certificates_authenticate_until_revoked() {
         api(&node, "PATCH", &format!("/api/cas/{ca_id}"), json!({"status": "sideways"})).await;
     assert_eq!(s, 400, "{b}");
     drop(c);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_with_auto_registration_provisions_devices_at_first_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let factory = Ca::new("factory CA");
+    let node = node(dir.path(), &factory).await;
+    let doc = json!({"statements": [{"effect": "allow", "actions": ["publish"],
+        "topics": ["sites/${thing.attributes[site]}/#"]}]});
+    assert_eq!(api(&node, "PUT", "/api/policies/site-pub", json!({"document": doc})).await.0, 200);
+    assert_eq!(api(&node, "POST", "/api/groups", json!({"groupName": "cameras"})).await.0, 201);
+    let template = json!({"attributes": {"site": "${cert.subject.ou}"},
+        "thingGroups": ["cameras"], "policies": ["site-pub"]});
+    let (s, b) = api(
+        &node,
+        "POST",
+        "/api/cas",
+        json!({"caCertificatePem": factory.pem(),
+        "autoRegister": true, "provisioningTemplate": template}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = api(
+        &node,
+        "POST",
+        "/api/cas",
+        json!({"caCertificatePem": Ca::new("x").pem(),
+        "autoRegister": true, "provisioningTemplate": {"thingName": "${thing.name}"}}),
+    )
+    .await;
+    assert_eq!(s, 400, "an unknown template parameter is refused: {b}");
+
+    // Its first connect registers the certificate, creates the thing from the template
+    // and attaches the policy.
+    let cam = factory.device_in("cam-9", Some("north"));
+    let (c, mut ev) =
+        connect(&node, "cam-9", tls(&factory, Some(&cam))).await.expect("provisioned");
+    let (s, thing) = api(&node, "GET", "/api/things/cam-9", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(thing["attributes"]["site"], "north");
+    assert_eq!(thing["groups"], json!(["cameras"]));
+    let (_, attached) = api(&node, "GET", "/api/attachments/thing/cam-9", json!({})).await;
+    assert_eq!(attached["policyNames"], json!(["site-pub"]));
+    let (_, certs) = api(&node, "GET", "/api/certificates", json!({})).await;
+    let certs = certs["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1);
+    assert_eq!(
+        (certs[0]["thingName"].as_str(), certs[0]["status"].as_str()),
+        (Some("cam-9"), Some("ACTIVE"))
+    );
+    c.publish("sites/north/cam-9", QoS::AtLeastOnce, false, "f").await.unwrap();
+    assert_eq!(puback(&mut ev).await, PubAckReason::NoMatchingSubscribers);
+    c.publish("sites/south/cam-9", QoS::AtLeastOnce, false, "f").await.unwrap();
+    assert_eq!(puback(&mut ev).await, PubAckReason::NotAuthorized);
+    assert_eq!(metric(&node, "homeport_auth_jit_provisioned_total").await, 1.0);
+
+    // The second connect finds it registered; once revoked, it is not provisioned again.
+    drop(c);
+    let (_c2, _ev2) = connect(&node, "cam-9", tls(&factory, Some(&cam))).await.expect("again");
+    assert_eq!(metric(&node, "homeport_auth_jit_provisioned_total").await, 1.0);
+    let id = certs[0]["certificateId"].as_str().unwrap();
+    assert_eq!(
+        api(&node, "PATCH", &format!("/api/certificates/{id}"), json!({"status": "REVOKED"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        connect(&node, "cam-9", tls(&factory, Some(&cam))).await.err(),
+        Some(Some(ConnectReturnCode::NotAuthorized))
+    );
     node.shutdown().await.unwrap();
 }

@@ -247,7 +247,8 @@ pub async fn register_ca(State(s): State<AdminState>, b: axum::body::Bytes) -> R
         Err(m) => return bad(m),
     };
     let Some(pem) = v.ca_certificate_pem else { return bad("caCertificatePem: required") };
-    match s.auth.register_ca(&pem, v.auto_register.unwrap_or(false)).await {
+    let auto = v.auto_register.unwrap_or(false);
+    match s.auth.register_ca(&pem, auto, v.provisioning_template).await {
         Ok(c) => (StatusCode::CREATED, Json(CaView::from(&c))).into_response(),
         Err(e) => fail(e),
     }

@@ -120,6 +120,8 @@ pub struct RegisterCa {
     pub ca_certificate_pem: Option<String>,
     /// Just-in-time registration of the device certificates it issued.
     pub auto_register: Option<bool>,
+    /// What just-in-time registration creates.
+    pub provisioning_template: Option<crate::auth::jit::JitTemplate>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,6 +131,8 @@ pub struct CaView {
     pub subject: String,
     pub status: CertStatus,
     pub auto_register: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning_template: Option<crate::auth::jit::JitTemplate>,
     pub created_at: u64,
     pub certificate_pem: String,
 }
@@ -140,6 +144,7 @@ impl From<&CaRecord> for CaView {
             subject: c.subject.clone(),
             status: c.status,
             auto_register: c.auto_register,
+            provisioning_template: c.template.clone(),
             created_at: c.created_ms,
             certificate_pem: c.pem.clone(),
         }

@@ -237,7 +237,15 @@ impl Auth {
     }
 
     /// Registers a CA certificate (active at once).
-    pub async fn register_ca(&self, pem: &str, auto_register: bool) -> Result<CaRecord, AuthError> {
+    pub async fn register_ca(
+        &self,
+        pem: &str,
+        auto_register: bool,
+        template: Option<super::jit::JitTemplate>,
+    ) -> Result<CaRecord, AuthError> {
+        if let Some(t) = &template {
+            t.check()?;
+        }
         let p = x509::parse_pem(pem)
             .map_err(|e| AuthError::Invalid(format!("caCertificatePem: {e}")))?;
         if !p.is_ca {
@@ -251,6 +259,7 @@ impl Auth {
             subject: p.subject,
             status: CertStatus::Active,
             auto_register,
+            template,
             created_ms: now_ms(),
             version: 1,
         };

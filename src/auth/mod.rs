@@ -12,6 +12,7 @@
 //! change that bears on access (`Groups::access_epoch`).
 
 mod access;
+pub mod jit;
 pub mod jwt;
 mod manage;
 pub mod policy;
@@ -238,9 +239,9 @@ impl Auth {
     }
 
     /// Decides who a CONNECT is, or why it is refused.
-    pub fn authenticate(&self, c: &ConnectAuth) -> Result<Grant, Refusal> {
+    pub async fn authenticate(&self, c: &ConnectAuth<'_>) -> Result<Grant, Refusal> {
         if let Some(der) = c.cert {
-            return self.by_certificate(der, c.client_id);
+            return self.by_certificate(der, c.client_id).await;
         }
         let creds = self.credentials(c.client_id).map_err(unavailable)?;
         let Some(password) = c.password else {
@@ -285,7 +286,7 @@ impl Auth {
 
     /// A verified client certificate: registered and active (with an active CA), or
     /// issued by a `client_ca` anchor; its identity must be the client id.
-    fn by_certificate(&self, der: &[u8], client_id: &str) -> Result<Grant, Refusal> {
+    async fn by_certificate(&self, der: &[u8], client_id: &str) -> Result<Grant, Refusal> {
         let cert = x509::parse_der(der)
             .map_err(|_| refuse(ReasonCode::NotAuthorized, "bad_certificate"))?;
         let identity = match self.cfg.cert_identity {
@@ -316,7 +317,20 @@ impl Auth {
                 rec.thing.unwrap_or(identity)
             }
             None if self.static_anchors.iter().any(|a| a.subject == cert.issuer) => identity,
-            None => return Err(refuse(ReasonCode::NotAuthorized, "certificate_unregistered")),
+            None => {
+                // Just in time: an active CA with auto-registration vouches for it.
+                let cas = self.cas().map_err(unavailable)?;
+                let ca = cas.iter().find(|c| {
+                    c.subject == cert.issuer && c.auto_register && c.status == CertStatus::Active
+                });
+                let Some(ca) = ca else {
+                    return Err(refuse(ReasonCode::NotAuthorized, "certificate_unregistered"));
+                };
+                self.provision_jit(&cert, ca).await.map_err(|e| {
+                    tracing::warn!(message = "JIT provisioning failed", error = %e);
+                    refuse(ReasonCode::NotAuthorized, "jit_failed")
+                })?
+            }
         };
         if thing != client_id {
             return Err(refuse(ReasonCode::NotAuthorized, "client_id_mismatch"));

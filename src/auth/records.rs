@@ -52,6 +52,9 @@ pub struct CaRecord {
     /// Just-in-time registration: a valid certificate it issued registers itself (and
     /// its thing) at first connect.
     pub auto_register: bool,
+    /// What just-in-time registration creates (default: the thing named by the common
+    /// name, nothing else).
+    pub template: Option<super::jit::JitTemplate>,
     pub created_ms: u64,
     pub version: u64,
 }

@@ -39,6 +39,7 @@ pub struct Config {
     pub shadow: ShadowConfig,
     pub jobs: JobsConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +268,38 @@ impl Default for ShadowConfig {
     }
 }
 
+/// Limits against abuse. Zero turns a rate or count limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// PUBLISH packets per second one connection may send; beyond it the connection
+    /// stops reading until its budget refills (TCP pushes back on the client).
+    pub max_publish_rate: u64,
+    /// Inbound bytes per second of one connection, enforced the same way.
+    pub max_inbound_bytes_rate: u64,
+    /// Connections one source address may hold; more get CONNACK 0x97 (3.1.1: 0x05).
+    pub max_connections_per_address: u32,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels (`/`-separated) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most bytes of user property keys and values in one packet (v5).
+    pub max_user_property_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_publish_rate: 0,
+            max_inbound_bytes_rate: 0,
+            max_connections_per_address: 0,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_user_property_bytes: 8192,
+        }
+    }
+}
+
 /// Where a client certificate's device identity comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -457,6 +490,13 @@ impl Config {
         }
         if ad.audit_keep == 0 {
             return Err(invalid("admin.audit_keep", "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.max_topic_length == 0 || l.max_topic_length > 65_535 {
+            return Err(invalid("limits.max_topic_length", "must be between 1 and 65535"));
+        }
+        if l.max_topic_levels == 0 {
+            return Err(invalid("limits.max_topic_levels", "must be at least 1"));
         }
         let a = &self.auth;
         if a.secret_iterations == 0 || a.secret_iterations > 1_000_000 {

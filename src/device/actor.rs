@@ -444,6 +444,7 @@ impl DeviceState {
                 _ if self.record.subscriptions.len() >= cfg.max_subscriptions_per_client
                     && !self.record.subscriptions.iter().any(|s| s.filter == filter) =>
                 {
+                    self.ctx.metrics.limit_hits.with_label_values(&["subscriptions"]).inc();
                     ReasonCode::QuotaExceeded
                 }
                 _ => {

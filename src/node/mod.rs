@@ -153,6 +153,7 @@ impl Node {
             devices: devices.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+            addresses: Default::default(),
             shutdown: shutdown_rx.clone(),
         });
         let (done_tx, conns_done) = mpsc::channel(1);

@@ -138,8 +138,13 @@ pub struct Metrics {
     pub auth_revoked_closed: IntCounter,
     /// Publish, subscribe and receive decisions that denied, by action.
     pub authz_denied: IntCounterVec,
+    /// Certificates (and their things) registered just in time at first connect.
+    pub auth_jit_provisioned: IntCounter,
     /// Admin API requests refused (`unauthorized`, `forbidden`).
     pub admin_denied: IntCounterVec,
+    /// Abuse limits reached, by limit (`publish_rate`, `inbound_bytes_rate`,
+    /// `connections_per_address`, `subscriptions`, `topic_size`, `user_property_bytes`).
+    pub limit_hits: IntCounterVec,
 }
 
 impl Metrics {
@@ -304,13 +309,32 @@ impl Metrics {
                 "Publish, subscribe and receive requests denied by policy, by action",
                 &["action"],
             ),
+            auth_jit_provisioned: counter(
+                "homeport_auth_jit_provisioned_total",
+                "Certificates registered just in time at their first connect",
+            ),
             admin_denied: counter_vec(
                 "homeport_admin_requests_denied_total",
                 "Admin API requests refused for a missing or weak token, by reason",
                 &["reason"],
             ),
+            limit_hits: counter_vec(
+                "homeport_limit_hits_total",
+                "Abuse limits reached, by limit",
+                &["limit"],
+            ),
             registry,
         };
+        for l in [
+            "publish_rate",
+            "inbound_bytes_rate",
+            "connections_per_address",
+            "subscriptions",
+            "topic_size",
+            "user_property_bytes",
+        ] {
+            m.limit_hits.with_label_values(&[l]);
+        }
         for a in ["publish", "subscribe", "receive"] {
             m.authz_denied.with_label_values(&[a]);
         }

@@ -6,6 +6,7 @@
 //! Must not touch: session durability (the device actor owns it) or matching (the router).
 
 mod connection;
+pub mod limits;
 mod listeners;
 
 pub use connection::{serve_connection, ConnCtx, DeviceIo};

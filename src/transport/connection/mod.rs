@@ -61,6 +61,8 @@ pub struct ConnCtx {
     pub devices: Arc<Devices>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
+    /// Open connections per source address (`limits.max_connections_per_address`).
+    pub addresses: Arc<crate::transport::limits::Addresses>,
     /// Flips to true when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

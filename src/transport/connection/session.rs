@@ -26,6 +26,7 @@ use crate::broker::{
 use crate::device::{AttachRequest, DeviceMsg};
 use crate::mqtt::{self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode};
 use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
+use crate::transport::limits::{self, AddressGuard, ConnLimiter};
 
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
@@ -108,6 +109,10 @@ struct Conn {
     access: Access,
     /// In the node's set of authenticated connections while it lives.
     _tracked: Option<Tracked>,
+    /// Its place in its source address's connection count.
+    _address: Option<AddressGuard>,
+    /// Publish rate and inbound bandwidth budgets, if limited.
+    limiter: Option<Box<ConnLimiter>>,
 }
 
 /// Serves one device connection from CONNECT to close.
@@ -164,6 +169,29 @@ async fn open<S: DeviceIo>(
             return None;
         }
     };
+    let limits = &ctx.cfg.limits;
+    let Some(address) = ctx.addresses.acquire(peer.addr.ip(), limits.max_connections_per_address)
+    else {
+        ctx.metrics.limit_hits.with_label_values(&["connections_per_address"]).inc();
+        handshake::refuse(io, connect.protocol, ReasonCode::QuotaExceeded, &ctx).await;
+        return None;
+    };
+    let props_too_large = |p: &Properties| {
+        connect.protocol.is_v5()
+            && crate::transport::limits::user_property_bytes(p) > limits.max_user_property_bytes
+    };
+    let will_too_large = connect.will.as_ref().is_some_and(|w| props_too_large(&w.properties));
+    if props_too_large(&connect.properties) || will_too_large {
+        ctx.metrics.limit_hits.with_label_values(&["user_property_bytes"]).inc();
+        handshake::refuse(io, connect.protocol, ReasonCode::QuotaExceeded, &ctx).await;
+        return None;
+    }
+    if connect.will.as_ref().is_some_and(|w| !crate::transport::limits::topic_ok(&w.topic, limits))
+    {
+        ctx.metrics.limit_hits.with_label_values(&["topic_size"]).inc();
+        handshake::refuse(io, connect.protocol, ReasonCode::TopicNameInvalid, &ctx).await;
+        return None;
+    }
     let cert = io.peer_certificate();
     ctx.auth.pace(peer.addr.ip()).await;
     let presented = ConnectAuth {
@@ -171,7 +199,7 @@ async fn open<S: DeviceIo>(
         password: connect.password.as_deref(),
         cert: cert.as_deref(),
     };
-    let grant = match ctx.auth.authenticate(&presented) {
+    let grant = match ctx.auth.authenticate(&presented).await {
         Ok(g) => g,
         Err(r) => {
             ctx.auth.failed(peer.addr.ip(), r.label);
@@ -211,6 +239,8 @@ async fn open<S: DeviceIo>(
         expiry_update: None,
         access: Access::new(grant),
         _tracked: tracked,
+        _address: address,
+        limiter: ConnLimiter::new(limits, std::time::Instant::now()),
         ctx: ctx.clone(),
         neg,
     };
@@ -407,7 +437,11 @@ impl Conn {
             match mqtt::decode(rbuf, self.neg.protocol, max, max_up) {
                 Ok(Some(d)) => {
                     self.ctx.metrics.packet_in(first.unwrap_or(0), d.size);
-                    if let Some(call) = self.on_packet(d.packet)? {
+                    let publish = matches!(d.packet, Packet::Publish(_));
+                    let size = d.size;
+                    let call = self.on_packet(d.packet)?;
+                    self.limit(size, publish);
+                    if let Some(call) = call {
                         return Ok(Some(call));
                     }
                     if self.paused.is_some() {
@@ -419,6 +453,23 @@ impl Conn {
                 Err(e) => return Err(decode_end(&e)),
             }
         }
+    }
+
+    /// Counts an inbound packet against the rate limits; over them, reading pauses
+    /// until the budget has refilled.
+    fn limit(&mut self, size: usize, publish: bool) {
+        let Some(l) = &mut self.limiter else { return };
+        let Some((wait, which)) = l.packet(size, publish, std::time::Instant::now()) else {
+            return;
+        };
+        self.ctx.metrics.limit_hits.with_label_values(&[which]).inc();
+        let before = self.paused.take();
+        self.paused = Some(Box::pin(async move {
+            if let Some(p) = before {
+                p.await;
+            }
+            tokio::time::sleep(wait).await;
+        }));
     }
 
     fn on_packet(&mut self, p: Packet) -> Result<Option<DeviceCall>, End> {
@@ -553,6 +604,21 @@ impl Conn {
                 }
                 Ok(true) => {}
             },
+        }
+        let limits = &self.ctx.cfg.limits;
+        if v5 && limits::user_property_bytes(&p.properties) > limits.max_user_property_bytes {
+            self.ctx.metrics.limit_hits.with_label_values(&["user_property_bytes"]).inc();
+            return Err(End::Violation(ReasonCode::QuotaExceeded, "user_properties_too_large"));
+        }
+        if !limits::topic_ok(&topic, limits) {
+            self.ctx.metrics.limit_hits.with_label_values(&["topic_size"]).inc();
+            if !v5 {
+                return Err(End::Violation(ReasonCode::TopicNameInvalid, "topic_too_large"));
+            }
+            return match p.qos {
+                QoS::AtMostOnce => Ok(()),
+                qos => self.owe(p.pkid, qos, ReasonCode::TopicNameInvalid, Vec::new()),
+            };
         }
         if !self.access.allows(&self.ctx.auth, Action::Publish, &topic) {
             // v5 gets 0x87; 3.1.1, which has no negative acknowledgement, gets its

@@ -6,6 +6,7 @@ use super::{Conn, End};
 use crate::auth::policy::Action;
 use crate::device::DeviceMsg;
 use crate::mqtt::{self, Packet, Properties, ReasonCode, SubAck, UnsubAck};
+use crate::transport::limits;
 
 impl Conn {
     pub(super) async fn on_unsubscribe(&mut self, u: mqtt::Unsubscribe) -> Result<(), End> {
@@ -50,15 +51,33 @@ impl Conn {
             return Err(End::Violation(ReasonCode::ProtocolError, "no_local_on_shared"));
         }
         let id = s.properties.subscription_identifiers.first().copied();
-        let allowed: Vec<bool> = s
+        // Refused here (too long or deep, or denied by policy) or asked of the actor.
+        let limits = &self.ctx.cfg.limits;
+        if v5 && limits::user_property_bytes(&s.properties) > limits.max_user_property_bytes {
+            self.ctx.metrics.limit_hits.with_label_values(&["user_property_bytes"]).inc();
+            return Err(End::Violation(ReasonCode::QuotaExceeded, "user_properties_too_large"));
+        }
+        let mut refused: Vec<Option<ReasonCode>> = Vec::with_capacity(s.filters.len());
+        for (f, _) in &s.filters {
+            refused.push(if !limits::topic_ok(f, limits) {
+                self.ctx.metrics.limit_hits.with_label_values(&["topic_size"]).inc();
+                Some(ReasonCode::TopicFilterInvalid)
+            } else if !self.access.allows(&self.ctx.auth, Action::Subscribe, f) {
+                Some(ReasonCode::NotAuthorized)
+            } else {
+                None
+            });
+        }
+        let filters: Vec<_> = s
             .filters
             .iter()
-            .map(|(f, _)| self.access.allows(&self.ctx.auth, Action::Subscribe, f))
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(f, _)| f.clone())
             .collect();
-        let filters: Vec<_> =
-            s.filters.iter().zip(&allowed).filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
         if filters.is_empty() {
-            let reasons = vec![ReasonCode::NotAuthorized; s.filters.len()];
+            let reasons =
+                refused.iter().map(|r| r.unwrap_or(ReasonCode::UnspecifiedError)).collect();
             let ack = SubAck { pkid: s.pkid, reasons, properties: Properties::default() };
             self.out.packet(&Packet::SubAck(ack), &self.ctx.metrics);
             return Ok(());
@@ -79,14 +98,14 @@ impl Conn {
                     None => true,
                 };
                 if ok {
-                    // Denied filters were not asked for; their places get 0x87 (0x80 on
-                    // 3.1.1).
+                    // Refused filters were not asked for; their places get their own
+                    // code (0x80 on 3.1.1).
                     let mut codes = r.codes.into_iter();
-                    let all = allowed
+                    let all = refused
                         .iter()
-                        .map(|a| match a {
-                            true => codes.next().unwrap_or(ReasonCode::UnspecifiedError),
-                            false => ReasonCode::NotAuthorized,
+                        .map(|r| match r {
+                            None => codes.next().unwrap_or(ReasonCode::UnspecifiedError),
+                            Some(code) => *code,
                         })
                         .collect();
                     (all, r.retained)
