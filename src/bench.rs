@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Client id pattern; %i is the client number.
     #[arg(long, default_value = "bench-%i")]
     id: String,
+    /// MQTT password; %i is the client number (per-device secrets).
+    #[arg(long)]
+    password: Option<String>,
     /// Session expiry in seconds (0: clean session).
     #[arg(long, default_value_t = 0)]
     session_expiry: u32,
@@ -170,6 +173,7 @@ fn opts(a: &BenchArgs) -> anyhow::Result<Opts> {
         tls,
         keepalive: a.keepalive,
         id_prefix: a.id.clone(),
+        password: a.password.clone(),
         session_expiry: a.session_expiry,
         subscribe_only: a.subscribe_only,
         progress: !a.quiet,

@@ -288,8 +288,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive: opts.keepalive,
         client_id: id,
         will: None,
-        username: None,
-        password: None,
+        username: opts.password.as_ref().map(|_| String::new()),
+        password: opts
+            .password
+            .as_ref()
+            .map(|p| bytes::Bytes::from(p.replace("%i", &role.index.to_string()))),
         properties,
     };
     let began = Instant::now();

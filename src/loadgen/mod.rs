@@ -102,6 +102,8 @@ pub struct Opts {
     pub keepalive: u16,
     /// Client id pattern; `%i` is the client number.
     pub id_prefix: String,
+    /// MQTT password; `%i` is the client number (a per-device secret or token).
+    pub password: Option<String>,
     /// Session expiry in seconds; 0 is a clean session.
     pub session_expiry: u32,
     /// Subscribers subscribe and disconnect (to build a persistent-session backlog).
@@ -133,6 +135,7 @@ impl Default for Opts {
             tls: None,
             keepalive: 300,
             id_prefix: "bench-%i".into(),
+            password: None,
             session_expiry: 0,
             subscribe_only: false,
             progress: true,
