@@ -3,7 +3,8 @@
 # (PyPI, in a venv). Installs what it needs. Covers QoS 0/1/2 both ways, retained
 # messages, wills, and a persistent session across `kill -9` and restart. Then the AWS IoT
 # Device SDK for Python (awsiotsdk, unchanged, on awscrt over plain TCP) runs the shadow
-# and jobs acceptance (scripts/aws_sdk_acceptance.py).
+# and jobs acceptance (scripts/aws_sdk_acceptance.py), and paho-mqtt authenticates with
+# each credential kind against a node without anonymous access (scripts/interop_auth.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ VENV=target/interop-venv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q 'paho-mqtt>=2,<3' 'awsiotsdk>=1.22,<2'
+"$VENV/bin/pip" install -q 'paho-mqtt>=2,<3' 'awsiotsdk>=1.22,<2' 'cryptography>=42'
 
 cargo build -q --bin homeport
 BIN=target/debug/homeport
@@ -63,4 +64,21 @@ start
 "$VENV/bin/python" scripts/interop.py --port $PORT after
 echo "== awsiotsdk: shadow and jobs acceptance"
 "$VENV/bin/python" scripts/aws_sdk_acceptance.py --port $PORT --admin 18080
-echo "interop: 8 passed, 0 failed"
+echo "== paho: device secret, JWT and X.509 on a node without anonymous access"
+kill "$PID"; wait "$PID" 2>/dev/null || true
+PKI=$(mktemp -d)
+"$VENV/bin/python" scripts/interop_auth.py gen "$PKI"
+SECURE=$(mktemp -d)
+printf '%s\n' "[node]" "data_dir = \"$SECURE\"" "[listeners.tcp]" "bind = \"127.0.0.1:18831\"" \
+  "[listeners.tls]" "bind = \"127.0.0.1:18884\"" "cert = \"$PKI/server.pem\"" \
+  "key = \"$PKI/server.key\"" "[listeners.ws]" "bind = \"127.0.0.1:18085\"" "[admin]" "bind = \"127.0.0.1:18081\"" "require_token = false" \
+  >"$PKI/secure.toml"
+"$BIN" serve --config "$PKI/secure.toml" >>"$LOG" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do
+  if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:18081/readyz')" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+"$VENV/bin/python" scripts/interop_auth.py run "$PKI" --port 18831 --tls-port 18884 --admin 127.0.0.1:18081
+rm -rf "$PKI" "$SECURE"
+echo "interop: 11 passed, 0 failed"
