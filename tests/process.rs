@@ -5,74 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Proc;
 use common::raw::*;
 use common::*;
 use homeport::mqtt::{Packet, Properties, Protocol, QoS as HQoS, ReasonCode};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
-
-/// A running `homeport serve` on ports chosen by the OS.
-struct Proc {
-    child: Child,
-    mqtt: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// The address logged as `"{key}":"Some(ADDR)"` in the json start line.
-fn logged_addr(line: &str, key: &str) -> SocketAddr {
-    let tag = format!("\"{key}\":\"Some(");
-    let at = line.find(&tag).unwrap_or_else(|| panic!("{key} address logged")) + tag.len();
-    let end = line[at..].find(')').expect("address ends") + at;
-    line[at..end].parse().expect("socket address")
-}
-
-impl Proc {
-    fn spawn(dir: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_homeport"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--mqtt-bind", "127.0.0.1:0", "--ws-bind", "127.0.0.1:0"])
-            .args(["--admin-bind", "127.0.0.1:0", "--log-format", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("binary starts");
-        let out = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(out).lines();
-        let (mqtt, admin) = loop {
-            let line = lines.next().expect("node logs its start").expect("log line");
-            if !line.contains("node started") {
-                continue;
-            }
-            // json log: "mqtt":"Some(127.0.0.1:PORT)", "admin":"Some(...)"
-            break (logged_addr(&line, "mqtt"), logged_addr(&line, "admin"));
-        };
-        // Keep draining the log so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Proc { child, mqtt, admin }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "signal delivered");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn client(id: &str, a: SocketAddr, clean: bool) -> (AsyncClient, rumqttc::EventLoop) {
     let mut o = MqttOptions::new(id, a.ip().to_string(), a.port());

@@ -8,12 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::api::{parse, ApiError};
+use super::identity_api::TemplateList;
 use super::identity_api::{
     AttachedPolicies, CaList, CaView, CertList, CertView, CreateCredential, CredentialList,
     CredentialType, CredentialView, PolicyList, PolicyView, PutPolicy, RegisterCa, RegisterCert,
     SetStatus,
 };
 use super::{error, AdminState};
+use crate::auth::fleet::ProvisioningTemplate;
 use crate::auth::records::{CertStatus, Target};
 use crate::auth::AuthError;
 use crate::shadow::topics::{valid_name, MAX_THING_NAME};
@@ -302,7 +304,7 @@ pub async fn register_cert(State(s): State<AdminState>, b: axum::body::Bytes) ->
     };
     let Some(pem) = v.certificate_pem else { return bad("certificatePem: required") };
     let status = v.status.unwrap_or(CertStatus::Active);
-    match s.auth.register_cert(&pem, v.thing_name, status).await {
+    match s.auth.register_cert(&pem, v.thing_name, status, v.claim.unwrap_or(false)).await {
         Ok(c) => (StatusCode::CREATED, Json(CertView::from(&c))).into_response(),
         Err(e) => fail(e),
     }
@@ -349,6 +351,59 @@ pub async fn set_cert_status(
     };
     match s.auth.set_cert_status(&id, status).await {
         Ok(c) => Json(CertView::from(&c)).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+/// Creates or replaces a fleet provisioning template.
+#[utoipa::path(put, path = "/api/provisioning-templates/{name}", tag = "identity",
+    params(("name" = String, Path, description = "template name")),
+    request_body = ProvisioningTemplate,
+    responses((status = 200, body = ProvisioningTemplate), (status = 400, body = ApiError)))]
+pub async fn put_template(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    b: axum::body::Bytes,
+) -> Response {
+    let t: ProvisioningTemplate = match parse(&b) {
+        Ok(v) => v,
+        Err(m) => return bad(m),
+    };
+    match s.auth.put_template(&name, t).await {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+/// Every fleet provisioning template.
+#[utoipa::path(get, path = "/api/provisioning-templates", tag = "identity",
+    responses((status = 200, body = TemplateList)))]
+pub async fn list_templates(State(s): State<AdminState>) -> Response {
+    match s.auth.templates() {
+        Ok(templates) => Json(TemplateList { templates }).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+/// One fleet provisioning template.
+#[utoipa::path(get, path = "/api/provisioning-templates/{name}", tag = "identity",
+    params(("name" = String, Path, description = "template name")),
+    responses((status = 200, body = ProvisioningTemplate), (status = 404, body = ApiError)))]
+pub async fn get_template(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.auth.template(&name) {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => fail(AuthError::NotFound(format!("template {name}"))),
+        Err(e) => fail(e),
+    }
+}
+
+/// Deletes a fleet provisioning template.
+#[utoipa::path(delete, path = "/api/provisioning-templates/{name}", tag = "identity",
+    params(("name" = String, Path, description = "template name")),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub async fn delete_template(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.auth.delete_template(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => fail(e),
     }
 }

@@ -165,6 +165,8 @@ pub struct RegisterCert {
     pub thing_name: Option<String>,
     /// Default `ACTIVE`.
     pub status: Option<CertStatus>,
+    /// A fleet provisioning claim certificate: any client id, provisioning topics only.
+    pub claim: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -183,6 +185,7 @@ pub struct CertView {
     pub ca_certificate_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thing_name: Option<String>,
+    pub claim: bool,
     pub created_at: u64,
     pub certificate_pem: String,
 }
@@ -195,6 +198,7 @@ impl From<&CertRecord> for CertView {
             status: c.status,
             ca_certificate_id: c.ca_id.clone(),
             thing_name: c.thing.clone(),
+            claim: c.claim,
             created_at: c.created_ms,
             certificate_pem: c.pem.clone(),
         }
@@ -255,4 +259,10 @@ pub struct AuditList {
     /// Pass as `after` for the next page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateList {
+    pub templates: Vec<crate::auth::fleet::ProvisioningTemplate>,
 }

@@ -131,6 +131,8 @@ fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
         .routes(routes!(identity::set_ca_status))
         .routes(routes!(identity::register_cert, identity::list_certs))
         .routes(routes!(identity::get_cert, identity::set_cert_status))
+        .routes(routes!(identity::list_templates))
+        .routes(routes!(identity::put_template, identity::get_template, identity::delete_template))
         .routes(routes!(access::create_token, access::list_tokens))
         .routes(routes!(access::revoke_token))
         .routes(routes!(access::audit))

@@ -153,8 +153,15 @@ pub async fn update_thing(
     params(("thing" = String, Path, description = "thing name")),
     responses((status = 200, body = ThingDeleted), (status = 404, body = ApiError)))]
 pub async fn delete_thing(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    // Its credentials are deleted with it (in the same command); their connections close.
+    let credentials = s.auth.credentials(&name).unwrap_or_default();
     match s.registry.delete_thing(&name).await {
-        Ok(()) => Json(ThingDeleted { thing_name: name, deleted: true }).into_response(),
+        Ok(()) => {
+            for c in credentials {
+                s.auth.close_connections_of(&c.id);
+            }
+            Json(ThingDeleted { thing_name: name, deleted: true }).into_response()
+        }
         Err(e) => fail(e),
     }
 }

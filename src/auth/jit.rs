@@ -128,6 +128,8 @@ impl Auth {
             ca_id: Some(ca.id.clone()),
             thing: Some(name.clone()),
             status: CertStatus::Active,
+            claim: false,
+            ownership: None,
             created_ms: now_ms(),
             version: 1,
         };

@@ -318,11 +318,20 @@ impl Auth {
         pem: &str,
         thing: Option<String>,
         status: CertStatus,
+        claim: bool,
     ) -> Result<CertRecord, AuthError> {
         let p =
             x509::parse_pem(pem).map_err(|e| AuthError::Invalid(format!("certificatePem: {e}")))?;
         let ca = self.cas()?.into_iter().find(|c| c.subject == p.issuer);
-        if ca.is_none() && !self.static_anchors.iter().any(|a| a.subject == p.issuer) {
+        let fleet_issued = self
+            .fleet
+            .as_ref()
+            .and_then(|f| x509::parse_der(&f.der).ok())
+            .is_some_and(|f| f.subject == p.issuer);
+        if ca.is_none()
+            && !fleet_issued
+            && !self.static_anchors.iter().any(|a| a.subject == p.issuer)
+        {
             return Err(AuthError::Invalid(format!(
                 "certificatePem: its issuer {} is not a registered CA",
                 p.issuer
@@ -338,6 +347,8 @@ impl Auth {
             ca_id: ca.map(|c| c.id),
             thing,
             status,
+            claim,
+            ownership: None,
             created_ms: now_ms(),
             version: 1,
         };

@@ -12,6 +12,7 @@
 //! change that bears on access (`Groups::access_epoch`).
 
 mod access;
+pub mod fleet;
 pub mod jit;
 pub mod jwt;
 mod manage;
@@ -88,6 +89,9 @@ pub struct Grant {
     pub cert_id: Option<String>,
     /// Certificate subject fields, for policy variables.
     pub cert_fields: std::collections::BTreeMap<String, String>,
+    /// Connected with a fleet provisioning claim certificate: the provisioning topics
+    /// only.
+    pub claim: bool,
 }
 
 /// A live connection's identity, for closing it when its credential goes.
@@ -126,6 +130,8 @@ pub struct Auth {
     root_token_sha256: Option<String>,
     /// `admin.audit_keep`.
     audit_keep: u64,
+    /// The CA that issues certificates by fleet provisioning, if configured.
+    fleet: Option<fleet::FleetCa>,
 }
 
 impl Auth {
@@ -165,6 +171,10 @@ impl Auth {
             live: DashMap::new(),
             root_token_sha256: cfg.admin.root_token_sha256.clone(),
             audit_keep: cfg.admin.audit_keep,
+            fleet: match (&cfg.provisioning.ca_cert, &cfg.provisioning.ca_key) {
+                (Some(c), Some(k)) => Some(fleet::FleetCa::load(c, k)?),
+                _ => None,
+            },
         };
         auth.refresh_anchors();
         Ok(auth)
@@ -193,6 +203,7 @@ impl Auth {
             return;
         }
         let mut anchors: Vec<Vec<u8>> = self.static_anchors.iter().map(|a| a.der.clone()).collect();
+        anchors.extend(self.fleet.as_ref().map(|f| f.der.clone()));
         match self.cas() {
             Ok(cas) => {
                 for ca in cas.iter().filter(|c| c.status == CertStatus::Active) {
@@ -295,6 +306,17 @@ impl Auth {
         }
         .ok_or(refuse(ReasonCode::NotAuthorized, "certificate_identity"))?;
         let thing = match self.cert(&cert.id).map_err(unavailable)? {
+            Some(rec) if rec.claim && rec.status == CertStatus::Active => {
+                // Any client id: the device has no identity of its own yet.
+                return Ok(Grant {
+                    all: false,
+                    client_id: client_id.into(),
+                    credential: Some(cert.id.clone()),
+                    cert_id: Some(cert.id),
+                    cert_fields: cert.fields,
+                    claim: true,
+                });
+            }
             Some(rec) => {
                 match rec.status {
                     CertStatus::Active => {}
@@ -341,6 +363,7 @@ impl Auth {
             credential: Some(cert.id.clone()),
             cert_id: Some(cert.id),
             cert_fields: cert.fields,
+            claim: false,
         })
     }
 
@@ -358,7 +381,7 @@ impl Auth {
     }
 
     /// Closes every live connection that authenticated with `credential`.
-    fn close_connections_of(&self, credential: &str) -> usize {
+    pub fn close_connections_of(&self, credential: &str) -> usize {
         let mut n = 0;
         for e in self.live.iter().filter(|e| e.credential == credential) {
             if let Some(q) = e.queue.upgrade() {
@@ -384,6 +407,9 @@ impl Auth {
     }
 
     fn load_rules(&self, g: &Grant) -> Result<Rules, AuthError> {
+        if g.claim {
+            return Ok(Rules::compile([&Policy::claim()], &Subject::default()));
+        }
         let meta = self.meta()?;
         let thing = machine::read_thing(meta, &g.client_id).map_err(storage)?;
         let mut targets = vec![Target::Thing(g.client_id.clone())];
@@ -461,6 +487,7 @@ impl Grant {
             credential: None,
             cert_id: None,
             cert_fields: Default::default(),
+            claim: false,
         }
     }
 
@@ -471,6 +498,7 @@ impl Grant {
             credential,
             cert_id: None,
             cert_fields: Default::default(),
+            claim: false,
         }
     }
 }

@@ -212,6 +212,29 @@ impl Policy {
         }
     }
 
+    /// A fleet provisioning claim: the provisioning requests and their answers only.
+    pub fn claim() -> Policy {
+        let requests = [
+            "$aws/certificates/create/json",
+            "$aws/certificates/create-from-csr/json",
+            "$aws/provisioning-templates/+/provision/json",
+        ];
+        Policy {
+            statements: vec![
+                Parsed {
+                    allow: true,
+                    actions: Action::Publish as u8,
+                    topics: requests.iter().map(|t| t.to_string()).collect(),
+                },
+                Parsed {
+                    allow: true,
+                    actions: Action::Subscribe as u8 | Action::Receive as u8,
+                    topics: requests.iter().map(|t| format!("{t}/+")).collect(),
+                },
+            ],
+        }
+    }
+
     /// Everything allowed (anonymous clients of the quick-start configuration).
     pub fn allow_all() -> Policy {
         Policy { statements: vec![Parsed { allow: true, actions: 7, topics: vec!["#".into()] }] }

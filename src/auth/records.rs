@@ -71,6 +71,12 @@ pub struct CertRecord {
     /// The thing it is attached to (its identity).
     pub thing: Option<String>,
     pub status: CertStatus,
+    /// A fleet provisioning claim certificate: any client id may use it, and it may use
+    /// only the provisioning topics.
+    pub claim: bool,
+    /// SHA-256 (hex) of the ownership token of a certificate issued by fleet
+    /// provisioning and not provisioned yet.
+    pub ownership: Option<String>,
     pub created_ms: u64,
     pub version: u64,
 }
@@ -135,6 +141,7 @@ pub enum AuthRecord {
     /// A policy attached to a target; no body.
     Attachment,
     Token(AdminToken),
+    Template(super::fleet::ProvisioningTemplate),
 }
 
 impl AuthRecord {
@@ -146,6 +153,7 @@ impl AuthRecord {
             AuthRecord::Policy(p) => p.version,
             AuthRecord::Attachment => 0,
             AuthRecord::Token(t) => t.version,
+            AuthRecord::Template(t) => t.version,
         }
     }
 }
@@ -177,6 +185,7 @@ pub enum AuthKey {
     Policy(String),
     Attachment { target: Target, policy: String },
     Token(String),
+    Template(String),
 }
 
 fn join(parts: &[&str]) -> Vec<u8> {
@@ -207,6 +216,7 @@ impl AuthKey {
                 join(&["attach", kind, name, policy])
             }
             AuthKey::Token(id) => join(&["token", id]),
+            AuthKey::Template(n) => join(&["template", n]),
         }
     }
 }

@@ -20,9 +20,15 @@ pub fn required_role(method: &str, path: &str) -> Option<Role> {
         return None;
     }
     let admin_only = ["/api/tokens", "/api/audit"].iter().any(|p| path.starts_with(p));
-    let identity = ["/api/policies", "/api/attachments", "/api/cas", "/api/certificates"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    let identity = [
+        "/api/policies",
+        "/api/attachments",
+        "/api/cas",
+        "/api/certificates",
+        "/api/provisioning-templates",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
         || path.contains("/credentials");
     let read = matches!(method, "GET" | "HEAD");
     Some(match (read, admin_only, identity) {
@@ -35,6 +41,11 @@ pub fn required_role(method: &str, path: &str) -> Option<Role> {
 /// SHA-256 of a token, lower-case hex (the form `admin.root_token_sha256` takes).
 pub fn sha256_hex(token: &str) -> String {
     digest(&SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two hex digests without an early exit.
+pub fn same_hex(a: &str, b: &str) -> bool {
+    same(a.as_bytes(), b.as_bytes())
 }
 
 /// Compares without an early exit.

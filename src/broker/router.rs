@@ -155,6 +155,30 @@ impl Router {
         }
     }
 
+    /// Delivers a broker answer to the requester alone, never to subscribers of its
+    /// topic (answers that carry secrets: fleet provisioning's private keys and tokens).
+    pub fn reply_to(&self, topic: &str, payload: &serde_json::Value, requester: &Arc<SessionSlot>) {
+        let msg = Arc::new(Message {
+            topic: Arc::from(topic),
+            payload: bytes::Bytes::from(payload.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: Default::default(),
+            expires_at_ms: None,
+            origin: None,
+        });
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: msg.qos,
+            retain: false,
+            sub_ids: Vec::new(),
+            seq: None,
+            shared: None,
+        };
+        let mut acks = Vec::new();
+        self.deliver_to(requester, d, &mut acks);
+    }
+
     fn publish_to(
         &self,
         msg: Arc<Message>,

@@ -40,6 +40,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub provisioning: ProvisioningConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +269,16 @@ impl Default for ShadowConfig {
     }
 }
 
+/// Fleet provisioning by claim: the CA that issues device certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningConfig {
+    /// PEM certificate of the issuing CA; with `ca_key`, turns fleet provisioning on.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of the issuing CA.
+    pub ca_key: Option<PathBuf>,
+}
+
 /// Limits against abuse. Zero turns a rate or count limit off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -490,6 +501,9 @@ impl Config {
         }
         if ad.audit_keep == 0 {
             return Err(invalid("admin.audit_keep", "must be at least 1"));
+        }
+        if self.provisioning.ca_cert.is_some() != self.provisioning.ca_key.is_some() {
+            return Err(invalid("provisioning.ca_key", "ca_cert and ca_key go together"));
         }
         let l = &self.limits;
         if l.max_topic_length == 0 || l.max_topic_length > 65_535 {

@@ -329,6 +329,19 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
             for g in new_groups.difference(&old_groups) {
                 writes.push((member_key(g, name), Some(Vec::new())));
             }
+            if value.is_none() {
+                // A deleted thing's credentials and its policy attachments go with it.
+                let cred = crate::auth::records::prefix(&["cred", name]);
+                let attached = crate::auth::records::attachment_prefix(
+                    &crate::auth::records::Target::Thing(name.clone()),
+                );
+                for p in [cred, attached] {
+                    kv.scan_keys(&p, &mut |k| {
+                        writes.push((k.to_vec(), None));
+                        true
+                    })?;
+                }
+            }
             let v = value.as_ref().map(encode).transpose()?;
             writes.push((thing_key(name), v));
             Ok((writes, Response::Applied))
@@ -430,6 +443,32 @@ mod tests {
             ])
         );
         assert_eq!(read_shadow(&kv, "t", "").unwrap().unwrap().version, 2);
+    }
+
+    #[test]
+    fn deleting_a_thing_deletes_its_credentials_and_attachments() {
+        use crate::auth::records::{AuthKey, AuthRecord, Target};
+        let mut kv = BTreeMap::new();
+        let thing = |v| Thing {
+            name: "t".into(),
+            attributes: Default::default(),
+            groups: Default::default(),
+            created_at: 1,
+            version: v,
+        };
+        run(&mut kv, &Command::PutThing { name: "t".into(), expect: None, value: Some(thing(1)) });
+        for (t, p) in [("t", "p"), ("t2", "p")] {
+            let key = AuthKey::Attachment { target: Target::Thing(t.into()), policy: p.into() };
+            let cmd = Command::PutAuth { key, expect: None, value: Some(AuthRecord::Attachment) };
+            assert_eq!(run(&mut kv, &cmd), Response::Applied);
+        }
+        kv.insert(AuthKey::Credential { thing: "t".into(), id: "c1".into() }.bytes(), vec![1]);
+        kv.insert(AuthKey::Credential { thing: "t2".into(), id: "c2".into() }.bytes(), vec![1]);
+        let del = Command::PutThing { name: "t".into(), expect: Some(1), value: None };
+        assert_eq!(run(&mut kv, &del), Response::Applied);
+        let left: Vec<_> = kv.keys().filter(|k| k.starts_with(b"dauth")).cloned().collect();
+        assert_eq!(left.len(), 2, "only t2's records stay");
+        assert!(left.iter().all(|k| k.windows(3).any(|w| w == b"\0t2")));
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct Metrics {
     pub authz_denied: IntCounterVec,
     /// Certificates (and their things) registered just in time at first connect.
     pub auth_jit_provisioned: IntCounter,
+    /// Fleet provisioning requests by operation and outcome (`accepted` or the error code).
+    pub fleet_requests: IntCounterVec,
     /// Admin API requests refused (`unauthorized`, `forbidden`).
     pub admin_denied: IntCounterVec,
     /// Abuse limits reached, by limit (`publish_rate`, `inbound_bytes_rate`,
@@ -312,6 +314,11 @@ impl Metrics {
             auth_jit_provisioned: counter(
                 "homeport_auth_jit_provisioned_total",
                 "Certificates registered just in time at their first connect",
+            ),
+            fleet_requests: counter_vec(
+                "homeport_fleet_provisioning_requests_total",
+                "Fleet provisioning requests by operation and outcome",
+                &["op", "result"],
             ),
             admin_denied: counter_vec(
                 "homeport_admin_requests_denied_total",

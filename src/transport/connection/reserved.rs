@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::ConnCtx;
+use crate::auth::fleet;
 use crate::broker::{now_ms, Message, SessionSlot};
 use crate::device::ShadowRequest;
 use crate::jobs::{self, JobsCall};
@@ -15,7 +16,33 @@ use crate::shadow;
 /// Hands a shadow or jobs request from `slot`'s client to the thing's device actor:
 /// `Some(true)`. `Some(false)` for a reply or notification topic, which clients may not
 /// publish to; `None` for any other topic.
-pub fn route(ctx: &ConnCtx, slot: &Arc<SessionSlot>, msg: &Message) -> Option<bool> {
+pub fn route(ctx: &Arc<ConnCtx>, slot: &Arc<SessionSlot>, msg: &Message) -> Option<bool> {
+    if fleet::is_fleet_topic(&msg.topic) {
+        let Some(req) = fleet::parse(&msg.topic) else { return Some(false) };
+        let (ctx, slot) = (ctx.clone(), slot.clone());
+        let (topic, payload) = (msg.topic.to_string(), msg.payload.clone());
+        // Issuing a certificate and writing to the meta group take time: answered by a
+        // task, to the requester alone.
+        tokio::spawn(async move {
+            let (op, answer) = match &req {
+                fleet::Request::Create => ("create", ctx.auth.fleet_create().await),
+                fleet::Request::CreateFromCsr => {
+                    ("create_from_csr", ctx.auth.fleet_create_from_csr(&payload).await)
+                }
+                fleet::Request::Provision { template } => {
+                    ("provision", ctx.auth.fleet_provision(template, &payload).await)
+                }
+            };
+            match answer {
+                Ok(v) => ctx.router.reply_to(&fleet::reply_topic(&topic, true), &v, &slot),
+                Err(r) => {
+                    ctx.metrics.fleet_requests.with_label_values(&[op, r.code]).inc();
+                    ctx.router.reply_to(&fleet::reply_topic(&topic, false), &r.json(), &slot);
+                }
+            }
+        });
+        return Some(true);
+    }
     if jobs::topics::is_jobs_topic(&msg.topic) {
         let Some(topic) = jobs::topics::parse_request(&msg.topic) else { return Some(false) };
         let thing = topic.thing.clone();

@@ -1,0 +1,65 @@
+//! The `homeport` binary as a separate process for tests: started on ports the OS chooses
+//! (read back from its JSON start line), killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `homeport serve` on ports chosen by the OS.
+pub struct Proc {
+    pub child: Child,
+    pub mqtt: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// The address logged as `"{key}":"Some(ADDR)"` in the json start line.
+fn logged_addr(line: &str, key: &str) -> SocketAddr {
+    let tag = format!("\"{key}\":\"Some(");
+    let at = line.find(&tag).unwrap_or_else(|| panic!("{key} address logged")) + tag.len();
+    let end = line[at..].find(')').expect("address ends") + at;
+    line[at..end].parse().expect("socket address")
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_homeport"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--mqtt-bind", "127.0.0.1:0", "--ws-bind", "127.0.0.1:0"])
+            .args(["--admin-bind", "127.0.0.1:0", "--log-format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let out = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(out).lines();
+        let (mqtt, admin) = loop {
+            let line = lines.next().expect("node logs its start").expect("log line");
+            if !line.contains("node started") {
+                continue;
+            }
+            // json log: "mqtt":"Some(127.0.0.1:PORT)", "admin":"Some(...)"
+            break (logged_addr(&line, "mqtt"), logged_addr(&line, "admin"));
+        };
+        // Keep draining the log so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, mqtt, admin }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "signal delivered");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
