@@ -4,7 +4,9 @@
 # messages, wills, and a persistent session across `kill -9` and restart. Then the AWS IoT
 # Device SDK for Python (awsiotsdk, unchanged, on awscrt over plain TCP) runs the shadow
 # and jobs acceptance (scripts/aws_sdk_acceptance.py), and paho-mqtt authenticates with
-# each credential kind against a node without anonymous access (scripts/interop_auth.py).
+# each credential kind against a node without anonymous access (scripts/interop_auth.py),
+# where awsiotsdk's iotidentity client provisions devices by claim
+# (scripts/aws_fleet_acceptance.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +73,8 @@ PKI=$(mktemp -d)
 SECURE=$(mktemp -d)
 printf '%s\n' "[node]" "data_dir = \"$SECURE\"" "[listeners.tcp]" "bind = \"127.0.0.1:18831\"" \
   "[listeners.tls]" "bind = \"127.0.0.1:18884\"" "cert = \"$PKI/server.pem\"" \
-  "key = \"$PKI/server.key\"" "[listeners.ws]" "bind = \"127.0.0.1:18085\"" "[admin]" "bind = \"127.0.0.1:18081\"" "require_token = false" \
+  "key = \"$PKI/server.key\"" "[provisioning]" "ca_cert = \"$PKI/ca.pem\"" \
+  "ca_key = \"$PKI/ca.key\"" "[listeners.ws]" "bind = \"127.0.0.1:18085\"" "[admin]" "bind = \"127.0.0.1:18081\"" "require_token = false" \
   >"$PKI/secure.toml"
 "$BIN" serve --config "$PKI/secure.toml" >>"$LOG" 2>&1 &
 PID=$!
@@ -80,5 +83,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$VENV/bin/python" scripts/interop_auth.py run "$PKI" --port 18831 --tls-port 18884 --admin 127.0.0.1:18081
+echo "== awsiotsdk: fleet provisioning by claim over mutual TLS"
+"$VENV/bin/python" scripts/aws_fleet_acceptance.py "$PKI" --port 18884 --admin 127.0.0.1:18081
 rm -rf "$PKI" "$SECURE"
-echo "interop: 11 passed, 0 failed"
+echo "interop: 13 passed, 0 failed"

@@ -60,8 +60,11 @@ def gen(d):
     server = cert("localhost", server_key, ca, ca_key, sans=("localhost", "127.0.0.1"))
     dev_key = ec.generate_private_key(ec.SECP256R1())
     dev = cert("paho-cam", dev_key, ca, ca_key)
-    files = {"ca.pem": pem(ca), "server.pem": pem(server), "server.key": pem(server_key),
-             "device.pem": pem(dev), "device.key": pem(dev_key)}
+    claim_key = ec.generate_private_key(ec.SECP256R1())
+    claim = cert("fleet claim", claim_key, ca, ca_key)
+    files = {"ca.pem": pem(ca), "ca.key": pem(ca_key), "server.pem": pem(server),
+             "server.key": pem(server_key), "device.pem": pem(dev), "device.key": pem(dev_key),
+             "claim.pem": pem(claim), "claim.key": pem(claim_key)}
     for f, text in files.items():
         with open(os.path.join(d, f), "w") as fh:
             fh.write(text)
