@@ -136,6 +136,12 @@ def run(d, port, tls_port, admin):
     kind, rc = ev.get(timeout=10)
     assert (kind, rc.value) == ("disconnect", 135), (kind, rc)
     c.loop_stop()
+    # An expired secret no longer authenticates.
+    assert api(admin, "POST", "/api/things", {"thingName": "paho-3"})[0] == 201
+    s, b = api(admin, "POST", "/api/things/paho-3/credentials",
+               {"type": "secret", "expiresAt": int(time.time() * 1000) - 1})
+    assert s == 201, b
+    assert refused("paho-3", port, b["secret"]).value == 134, "expired secret: 0x86"
     print("paho secret: ok")
     passed += 1
 

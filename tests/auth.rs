@@ -181,6 +181,28 @@ async fn secrets_authenticate_and_everything_else_is_refused() {
     );
     assert_eq!(metric(&node, "homeport_auth_revoked_connections_closed_total").await, 1.0);
 
+    // A credential with an expiry works until then, and not after.
+    assert_eq!(api(&node, "POST", "/api/things", json!({"thingName": "dev-exp"})).await.0, 201);
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let (s, b) = api(
+        &node,
+        "POST",
+        "/api/things/dev-exp/credentials",
+        json!({"type": "secret", "expiresAt": now_ms + 1500}),
+    )
+    .await;
+    assert_eq!((s, b["expiresAt"].as_u64()), (201, Some(now_ms + 1500)), "{b}");
+    let short = b["secret"].as_str().unwrap().to_string();
+    assert!(connect(opts(&node, "dev-exp", Some(&short))).await.is_ok(), "before its expiry");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        connect(opts(&node, "dev-exp", Some(&short))).await.err(),
+        Some(ConnectReturnCode::BadUserNamePassword),
+        "after its expiry"
+    );
+
     // Bad input to the API is a 4xx naming the field.
     let (s, b) = api(
         &node,

@@ -253,7 +253,15 @@ async fn a_running_broker_survives_mutated_packet_streams() {
             }
             other => panic!("healthy subscriber got {other:?}"),
         }
-        peak = peak.max(rss_kib(pid));
+        let rss = rss_kib(pid);
+        peak = peak.max(rss);
+        if n % 300 == 0 {
+            // About once a minute: the curve tells a plateau from a leak.
+            eprintln!(
+                "socket fuzz: RSS {rss} KiB after {} connections",
+                sessions.load(Ordering::Relaxed)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for w in workers {
