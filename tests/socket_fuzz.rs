@@ -255,7 +255,7 @@ async fn a_running_broker_survives_mutated_packet_streams() {
         }
         let rss = rss_kib(pid);
         peak = peak.max(rss);
-        if n % 300 == 0 {
+        if n.is_multiple_of(300) {
             // About once a minute: the curve tells a plateau from a leak.
             eprintln!(
                 "socket fuzz: RSS {rss} KiB after {} connections",
