@@ -17,21 +17,9 @@ async fn call(
     path: &str,
     body: Value,
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(node.admin_addr.unwrap()).await.unwrap();
-    let body = body.to_string();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    let (status, text) =
+        http_as(node.admin_addr.unwrap(), token, method, path, &body.to_string()).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn ctl(node: &Node, token: &str, args: &[&str]) -> (bool, String, String) {

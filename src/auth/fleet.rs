@@ -13,10 +13,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::records::{AuthKey, AuthRecord, CertRecord, CertStatus, Target};
+use super::records::{AuthKey, AuthRecord, CertRecord, CertStatus};
 use super::{secret, x509, Auth, AuthError};
 use crate::broker::now_ms;
-use crate::registry::{Registry, RegistryError, Thing};
 
 /// Request topics.
 pub const CREATE: &str = "$aws/certificates/create/json";
@@ -279,31 +278,15 @@ impl Auth {
         for (k, val) in &t.attributes {
             attributes.insert(k.clone(), fill(val, &params).map_err(missing)?);
         }
-        let registry = Registry::new(self.groups.clone());
-        let thing = Thing {
-            name: name.clone(),
-            attributes,
-            groups: Default::default(),
-            created_at: now_ms() / 1000,
-            version: 1,
-        };
-        match registry.create_thing(thing).await {
-            Ok(()) | Err(RegistryError::Conflict(_)) => {}
-            Err(RegistryError::Invalid(m)) => return Err(reject(400, "InvalidParameters", m)),
-            Err(e) => return Err(internal(e)),
-        }
-        for g in &t.thing_groups {
-            let g = fill(g, &params).map_err(missing)?;
-            registry
-                .membership(&g, &name, true)
-                .await
-                .map_err(|e| internal(format!("group {g}: {e}")))?;
-        }
-        for p in &t.policies {
-            self.attachment(Target::Thing(name.clone()), p, true)
-                .await
-                .map_err(|e| internal(format!("policy {p}: {e}")))?;
-        }
+        let groups = t
+            .thing_groups
+            .iter()
+            .map(|g| fill(g, &params).map_err(missing))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.set_up_thing(&name, attributes, &groups, &t.policies).await.map_err(|e| match e {
+            AuthError::Invalid(m) => reject(400, "InvalidParameters", m),
+            e => internal(e),
+        })?;
         let mut config = serde_json::Map::new();
         for (k, val) in &t.device_configuration {
             config.insert(k.clone(), Value::String(fill(val, &params).map_err(missing)?));

@@ -81,6 +81,43 @@ impl JitTemplate {
 }
 
 impl Auth {
+    /// What a provisioning template sets up: the thing (created, or kept if it exists),
+    /// its groups and its policies. A missing group or policy is an error.
+    pub(super) async fn set_up_thing(
+        &self,
+        name: &str,
+        attributes: BTreeMap<String, String>,
+        groups: &[String],
+        policies: &[String],
+    ) -> Result<(), AuthError> {
+        let registry = Registry::new(self.groups.clone());
+        let thing = Thing {
+            name: name.into(),
+            attributes,
+            groups: Default::default(),
+            created_at: now_ms() / 1000,
+            version: 1,
+        };
+        match registry.create_thing(thing).await {
+            Ok(()) | Err(RegistryError::Conflict(_)) => {}
+            Err(RegistryError::Storage(m)) => return Err(AuthError::Storage(m)),
+            Err(e) => return Err(AuthError::Invalid(e.to_string())),
+        }
+        for g in groups {
+            registry.membership(g, name, true).await.map_err(|e| match e {
+                RegistryError::Storage(m) => AuthError::Storage(m),
+                e => AuthError::Invalid(format!("group {g}: {e}")),
+            })?;
+        }
+        for p in policies {
+            self.attachment(Target::Thing(name.into()), p, true).await.map_err(|e| match e {
+                AuthError::NotFound(m) => AuthError::Invalid(format!("{m} not found")),
+                e => e,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Registers `cert` (issued by `ca`) and its thing from the CA's template. Returns
     /// the thing's name.
     pub(super) async fn provision_jit(
@@ -98,29 +135,12 @@ impl Auth {
         for (k, v) in &t.attributes {
             attributes.insert(k.clone(), fill(v, cert).ok_or_else(|| missing(k))?);
         }
-        let registry = Registry::new(self.groups.clone());
-        let thing = Thing {
-            name: name.clone(),
-            attributes,
-            groups: Default::default(),
-            created_at: now_ms() / 1000,
-            version: 1,
-        };
-        match registry.create_thing(thing).await {
-            Ok(()) | Err(RegistryError::Conflict(_)) => {}
-            Err(e) => return Err(AuthError::Invalid(e.to_string())),
-        }
-        for g in &t.thing_groups {
-            let g = fill(g, cert).ok_or_else(|| missing("thingGroups"))?;
-            if let Err(e) = registry.membership(&g, &name, true).await {
-                tracing::warn!(message = "JIT provisioning: group membership", group = %g, error = %e);
-            }
-        }
-        for p in &t.policies {
-            if let Err(e) = self.attachment(Target::Thing(name.clone()), p, true).await {
-                tracing::warn!(message = "JIT provisioning: policy", policy = %p, error = %e);
-            }
-        }
+        let groups = t
+            .thing_groups
+            .iter()
+            .map(|g| fill(g, cert).ok_or_else(|| missing("thingGroups")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.set_up_thing(&name, attributes, &groups, &t.policies).await?;
         let rec = CertRecord {
             id: cert.id.clone(),
             pem: pem_of(&cert.der),

@@ -141,16 +141,7 @@ impl Router {
         payload: &serde_json::Value,
         requester: Option<&Arc<SessionSlot>>,
     ) {
-        let msg = Arc::new(Message {
-            topic: Arc::from(topic),
-            payload: bytes::Bytes::from(payload.to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: Default::default(),
-            expires_at_ms: None,
-            origin: None,
-        });
-        if let Err(e) = self.publish_to(msg, requester, true) {
+        if let Err(e) = self.publish_to(broker_message(topic, payload), requester, true) {
             tracing::error!(message = "reply not published", topic, error = %e);
         }
     }
@@ -158,15 +149,7 @@ impl Router {
     /// Delivers a broker answer to the requester alone, never to subscribers of its
     /// topic (answers that carry secrets: fleet provisioning's private keys and tokens).
     pub fn reply_to(&self, topic: &str, payload: &serde_json::Value, requester: &Arc<SessionSlot>) {
-        let msg = Arc::new(Message {
-            topic: Arc::from(topic),
-            payload: bytes::Bytes::from(payload.to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: Default::default(),
-            expires_at_ms: None,
-            origin: None,
-        });
+        let msg = broker_message(topic, payload);
         let d = Delivery {
             msg: msg.clone(),
             qos: msg.qos,
@@ -456,4 +439,17 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// A JSON message the broker publishes (replies, events): QoS 1, not retained.
+fn broker_message(topic: &str, payload: &serde_json::Value) -> Arc<Message> {
+    Arc::new(Message {
+        topic: Arc::from(topic),
+        payload: bytes::Bytes::from(payload.to_string()),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        props: Default::default(),
+        expires_at_ms: None,
+        origin: None,
+    })
 }
