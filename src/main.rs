@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Overrides node.data_dir.
     #[arg(long, env = "HOMEPORT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Overrides node.cache_mib (page cache of each sled database, MiB).
+    #[arg(long, env = "HOMEPORT_CACHE_MIB")]
+    cache_mib: Option<u64>,
     /// Overrides listeners.tcp.bind.
     #[arg(long, env = "HOMEPORT_MQTT_BIND")]
     mqtt_bind: Option<SocketAddr>,
@@ -75,6 +78,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.data_dir {
         cfg.node.data_dir.clone_from(v);
+    }
+    if let Some(v) = args.cache_mib {
+        cfg.node.cache_mib = v;
     }
     if let Some(v) = args.mqtt_bind {
         cfg.listeners.tcp.get_or_insert(homeport::config::TcpListenerConfig { bind: v }).bind = v;

@@ -48,11 +48,15 @@ pub struct Config {
 pub struct NodeConfig {
     pub id: String,
     pub data_dir: PathBuf,
+    /// Page cache of each of the node's two sled databases (state machines and Raft log),
+    /// in MiB. sled's own default is 1 GiB each, which a busy node fills slowly and never
+    /// gives back; the cache is a bound on resident memory, not a preallocation.
+    pub cache_mib: u64,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { id: "homeport-1".into(), data_dir: PathBuf::from("./data") }
+        Self { id: "homeport-1".into(), data_dir: PathBuf::from("./data"), cache_mib: 64 }
     }
 }
 
@@ -123,6 +127,10 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersConfig {
+    /// Accept queue length of each listening socket (the kernel caps it at
+    /// `net.core.somaxconn`). A connect storm that overflows it has SYNs dropped and
+    /// retried a second later, which caps the connect rate.
+    pub backlog: u32,
     pub tcp: Option<TcpListenerConfig>,
     pub tls: Option<TlsListenerConfig>,
     pub ws: Option<WsListenerConfig>,
@@ -131,6 +139,7 @@ pub struct ListenersConfig {
 impl Default for ListenersConfig {
     fn default() -> Self {
         Self {
+            backlog: 4096,
             tcp: Some(TcpListenerConfig { bind: ([0, 0, 0, 0], 1883).into() }),
             tls: None,
             ws: Some(WsListenerConfig { bind: ([0, 0, 0, 0], 8083).into(), path: "/mqtt".into() }),
@@ -408,6 +417,12 @@ impl Config {
         let m = &self.mqtt;
         if self.node.id.trim().is_empty() {
             return Err(invalid("node.id", "must not be empty"));
+        }
+        if self.node.cache_mib == 0 || self.node.cache_mib > 1 << 20 {
+            return Err(invalid("node.cache_mib", "must be between 1 and 1048576"));
+        }
+        if self.listeners.backlog == 0 || self.listeners.backlog > 65535 {
+            return Err(invalid("listeners.backlog", "must be between 1 and 65535"));
         }
         if m.max_packet_size < 64 || m.max_packet_size > crate::mqtt::MAX_PACKET_SIZE {
             return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435460"));

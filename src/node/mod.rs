@@ -77,11 +77,13 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         std::fs::create_dir_all(&cfg.node.data_dir)
             .map_err(|e| StoreError::Sled(format!("{}: {e}", cfg.node.data_dir.display())))?;
-        let store = Store::open(&cfg.node.data_dir, metrics.clone())?;
+        let cache = cfg.node.cache_mib << 20;
+        let store = Store::open_with_cache(&cfg.node.data_dir, cache, metrics.clone())?;
         // The Raft logs live in their own sled database: each append's flush then writes
         // only log entries, not the state machines' pages (those are replayable from the
         // log and are flushed before a snapshot lets the log be compacted).
-        let raft_log = Store::open(&cfg.node.data_dir.join("raft-log"), metrics.clone())?;
+        let raft_log =
+            Store::open_with_cache(&cfg.node.data_dir.join("raft-log"), cache, metrics.clone())?;
         let groups = Arc::new(Groups::start(&store, &raft_log, &cfg.raft, metrics.clone()).await?);
         let auth = Arc::new(Auth::new(groups.clone(), &cfg, metrics.clone())?);
         let sessions = SessionStore::new(groups.clone());

@@ -66,6 +66,9 @@ pub struct Store {
     closed: tokio::sync::watch::Receiver<()>,
 }
 
+/// The page cache used when no size is configured (tests, tools): 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 fn queue_prefix(client: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(client.len() + 9);
     k.extend_from_slice(client.as_bytes());
@@ -81,9 +84,19 @@ fn queue_key(client: &str, seq: u64) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its flusher on the current runtime.
+    /// Opens (or creates) the store in `dir` with sled's default page cache and starts its
+    /// flusher on the current runtime.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES, metrics)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        cache_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
         let inflight = db.open_tree("inflight")?;
         let (flush, closed) = flusher::spawn(db.clone(), metrics);
         Ok(Store { db, inflight, flush, closed })

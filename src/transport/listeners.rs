@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -34,9 +34,15 @@ pub struct BoundListeners {
     pub ws: Option<SocketAddr>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), TransportError> {
-    let l =
-        TcpListener::bind(addr).await.map_err(|source| TransportError::Bind { addr, source })?;
+/// Binds a listening socket with SO_REUSEADDR (a restarted node rebinds at once) and an
+/// accept queue of `backlog` (std's default is 128).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), TransportError> {
+    let err = |source| TransportError::Bind { addr, source };
+    let socket =
+        if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let l = socket.listen(backlog).map_err(err)?;
     let local = l.local_addr().map_err(|source| TransportError::Bind { addr, source })?;
     Ok((l, local))
 }
@@ -50,19 +56,19 @@ pub async fn bind_listeners(
     let cfg = ctx.cfg.clone();
     let mut bound = BoundListeners { tcp: None, tls: None, ws: None };
     if let Some(t) = &cfg.listeners.tcp {
-        let (l, addr) = bind(t.bind).await?;
+        let (l, addr) = bind(t.bind, cfg.listeners.backlog)?;
         bound.tcp = Some(addr);
         tokio::spawn(accept_loop(l, ctx.clone(), done.clone(), Kind::Tcp));
     }
     if let Some(t) = &cfg.listeners.tls {
         let acceptor = tls_acceptor(t, ctx.auth.verifier())?;
-        let (l, addr) = bind(t.bind).await?;
+        let (l, addr) = bind(t.bind, cfg.listeners.backlog)?;
         bound.tls = Some(addr);
         let deadline = Duration::from_secs(t.handshake_timeout_secs);
         tokio::spawn(accept_loop(l, ctx.clone(), done.clone(), Kind::Tls(acceptor, deadline)));
     }
     if let Some(w) = &cfg.listeners.ws {
-        let (l, addr) = bind(w.bind).await?;
+        let (l, addr) = bind(w.bind, cfg.listeners.backlog)?;
         bound.ws = Some(addr);
         tokio::spawn(accept_loop(l, ctx.clone(), done.clone(), Kind::Ws(w.clone())));
     }

@@ -23,11 +23,22 @@ fn logged_addr(line: &str, key: &str) -> SocketAddr {
 
 impl Proc {
     pub fn spawn(dir: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_homeport"))
+        Proc::spawn_with(dir, &[])
+    }
+
+    /// Starts a node with `extra` arguments after the usual ones.
+    pub fn spawn_with(dir: &Path, extra: &[&str]) -> Proc {
+        Proc::spawn_bin(Path::new(env!("CARGO_BIN_EXE_homeport")), dir, extra)
+    }
+
+    /// Starts a node from the binary at `bin` (a release build, for long runs).
+    pub fn spawn_bin(bin: &Path, dir: &Path, extra: &[&str]) -> Proc {
+        let mut child = Command::new(bin)
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--mqtt-bind", "127.0.0.1:0", "--ws-bind", "127.0.0.1:0"])
             .args(["--admin-bind", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
