@@ -35,3 +35,13 @@ pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+
+/// jemalloc instead of the system allocator (feature `jemalloc`, on by default). A connect
+/// storm allocates and frees many short-lived objects (transient device actors, handshake
+/// buffers) between long-lived ones (connections); glibc's arenas keep those holes
+/// resident, jemalloc returns them (figures in docs/benchmarks.md, "Allocator"). Declared
+/// in the library so that the binary, the tests and the benches all run on it, and so
+/// that `telemetry` can read its statistics.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -155,6 +155,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
+        r.register(Box::new(super::MemoryCollector::new())).expect("unique metric");
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             r.register(Box::new(g.clone())).expect("unique metric");

@@ -4,8 +4,10 @@
 //! never a client id) and log initialisation. Must not touch: broker state. Hot-path label
 //! values are resolved once at start-up so counting a packet is a single atomic add.
 
+mod memory;
 mod metrics;
 
+pub use memory::{allocator_stats, process_resident_bytes, MemoryCollector};
 pub use metrics::{DropReason, Metrics};
 
 use crate::config::{LogConfig, LogFormat};
