@@ -283,20 +283,34 @@ impl Shadow {
         Shadow { version, state: Map::new(), metadata: Map::new() }
     }
 
-    /// The stored form: `{"state": ..., "metadata": ...}` as JSON text.
+    /// The stored form: `{"state": ..., "metadata": ...}` as JSON text, written from
+    /// borrowed maps (every update measures it against the size limit).
     pub fn to_stored(&self) -> String {
-        object([
-            ("state", Value::Object(self.state.clone())),
-            ("metadata", Value::Object(self.metadata.clone())),
-        ])
-        .to_string()
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            state: &'a Map<String, Value>,
+            metadata: &'a Map<String, Value>,
+        }
+        let stored = Stored { state: &self.state, metadata: &self.metadata };
+        // Maps of JSON values with string keys always serialize.
+        serde_json::to_string(&stored).unwrap_or_default()
     }
 
     /// Reads the stored form back.
     pub fn from_stored(version: u64, text: &str) -> Result<Self, serde_json::Error> {
-        let v: Value = serde_json::from_str(text)?;
-        let obj = |k: &str| v.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
-        Ok(Shadow { version, state: obj("state"), metadata: obj("metadata") })
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            #[serde(default)]
+            state: Option<Value>,
+            #[serde(default)]
+            metadata: Option<Value>,
+        }
+        let v: Stored = serde_json::from_str(text)?;
+        let obj = |v: Option<Value>| match v {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        Ok(Shadow { version, state: obj(v.state), metadata: obj(v.metadata) })
     }
 
     /// The full delta between desired and reported.
