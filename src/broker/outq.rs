@@ -165,6 +165,26 @@ impl ConnQueue {
         .await
     }
 
+    /// Connection side: ready once there is something to take (or a wake), without
+    /// taking the wake: a hibernating connection resumes its loop, whose `ready` sees it.
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.woken.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Wakes the connection with nothing to take, so that it looks at the node's state
+    /// (shutdown) again.
+    pub fn nudge(&self) {
+        self.wake();
+    }
+
     /// Connection side: takes every queued delivery (the queue keeps no buffer) and the
     /// pending order, if any.
     pub fn take(&self) -> (VecDeque<Delivery>, Option<Control>) {

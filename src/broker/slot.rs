@@ -58,7 +58,8 @@ pub struct SessionSlot {
     /// (`crate::device::RequestPermit`).
     pub requests: std::sync::atomic::AtomicU32,
     /// A clean session's record, which lives in memory only: kept here while its actor
-    /// is not running. Written only by the device actor.
+    /// is not running, unless it is blank (`SessionRecord::is_blank`). Written only by
+    /// the device actor.
     parked: parking_lot::Mutex<Option<Box<SessionRecord>>>,
 }
 

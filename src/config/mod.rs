@@ -94,6 +94,10 @@ pub struct MqttConfig {
     /// control operations, and a short life keeps a connect storm from holding an actor
     /// per client.
     pub actor_idle_connected_ms: u64,
+    /// Milliseconds a plain-TCP connection with nothing in progress waits before it
+    /// hibernates: its working state (the pump loop's futures) is freed and a small wait
+    /// for its socket, deliveries, shutdown and keep-alive takes its place. 0: never.
+    pub hibernate_after_ms: u64,
     pub sys_interval_secs: u64,
 }
 
@@ -119,6 +123,7 @@ impl Default for MqttConfig {
             outbound_queue: 1024,
             actor_idle_secs: 30,
             actor_idle_connected_ms: 250,
+            hibernate_after_ms: 2000,
             sys_interval_secs: 10,
         }
     }

@@ -81,7 +81,10 @@ impl DeviceState {
             self.stored = true;
             Some(durable)
         } else {
-            self.slot.park(Some(self.record.clone()));
+            // A connected clean session with nothing to remember (the common idle device)
+            // parks nothing: its successor rebuilds it from the attached connection.
+            let keep = !self.record.is_blank();
+            self.slot.park(keep.then(|| self.record.clone()));
             // It may have been persistent before (a v5 client reconnecting with expiry 0).
             if std::mem::take(&mut self.stored) {
                 self.forget_stored();
@@ -502,7 +505,9 @@ impl Actor for DeviceActor {
         let stored_record = args.ctx.sessions.get(&args.client)?;
         let stored = stored_record.is_some();
         let record = stored_record.or_else(|| args.slot.parked());
-        let exists = record.is_some();
+        // A clean session parks no blank record, but its attached connection says it
+        // exists.
+        let exists = record.is_some() || args.slot.is_online();
         let record = record.unwrap_or_default();
         let (mut next_seq, queue_len) = match args.ctx.sessions.queue_bounds(&args.client)? {
             Some((_, last, len)) => (record.next_seq.max(last + 1), len),

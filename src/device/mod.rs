@@ -242,6 +242,16 @@ impl Devices {
         ((before as usize) < limit).then_some(permit)
     }
 
+    /// Wakes every attached connection, so that hibernating ones see the node's
+    /// shutdown (which the working ones watch for themselves).
+    pub fn wake_connections(&self) {
+        for slot in self.slots.iter() {
+            if let Some(q) = &slot.route().conn {
+                q.nudge();
+            }
+        }
+    }
+
     /// Sessions known to this node.
     pub fn len(&self) -> usize {
         self.slots.len()

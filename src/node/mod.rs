@@ -206,6 +206,7 @@ impl Node {
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.ready.store(false, Ordering::Release);
         let _ = self.shutdown.send(true);
+        self.devices.wake_connections();
         // Every connection task holds a sender; all gone means all detached.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
         let drains = self

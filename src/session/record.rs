@@ -87,9 +87,41 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// Nothing to remember beyond its sequence counter: a clean session with no
+    /// subscriptions, will or messages in flight.
+    pub fn is_blank(&self) -> bool {
+        self.expiry_secs == 0
+            && self.subscriptions.is_empty()
+            && self.inflight.is_empty()
+            && self.awaiting_rel.is_empty()
+            && self.disconnected_at_ms.is_none()
+            && self.will.is_none()
+    }
+
     /// When the session expires, if it is offline and expires at all.
     pub fn expires_at_ms(&self) -> Option<u64> {
         let at = self.disconnected_at_ms?;
         (self.expiry_secs != NEVER_EXPIRES).then(|| at + u64::from(self.expiry_secs) * 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_means_nothing_but_the_counter() {
+        let mut r = SessionRecord { next_seq: 42, ..Default::default() };
+        assert!(r.is_blank());
+        r.subscriptions.push(StoredSubscription {
+            filter: "a/#".into(),
+            opts: SubOptions::qos(QoS::AtMostOnce),
+            id: None,
+        });
+        assert!(!r.is_blank());
+        let persistent = SessionRecord { expiry_secs: 10, ..Default::default() };
+        assert!(!persistent.is_blank());
+        let awaiting = SessionRecord { awaiting_rel: vec![7], ..Default::default() };
+        assert!(!awaiting.is_blank());
     }
 }

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub actor_restarts: IntCounter,
     /// Device actors running now (an idle session, connected or not, has none).
     pub actors: IntGauge,
+    /// Connections hibernating now (idle, their working state freed).
+    pub hibernating: IntGauge,
     /// Unacknowledged shared-subscription messages handed to another group member.
     pub shared_redispatched: IntCounter,
     /// Storage writes that failed where the message still went on (journal writes).
@@ -245,6 +247,10 @@ impl Metrics {
                 prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
             ),
             actors: gauge("homeport_device_actors", "Device actors running now"),
+            hibernating: gauge(
+                "homeport_connections_hibernating",
+                "Idle connections hibernating now (working state freed)",
+            ),
             actor_restarts: counter(
                 "homeport_device_actor_restarts_total",
                 "Device actors restarted after a failure",

@@ -83,6 +83,7 @@ pub async fn read_connect<S: DeviceIo>(
 #[derive(Debug)]
 pub struct Negotiated {
     pub protocol: Protocol,
+    /// Emptied once CONNACK is built; `Conn::client` names the client from then on.
     pub client_id: String,
     pub assigned: bool,
     pub keep_alive: u16,

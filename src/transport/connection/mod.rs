@@ -1,9 +1,10 @@
 //! The connection task: a thin pump between one socket, the router and the device actor.
 //!
 //! Reads are decoded into packets and handled in order; deliveries from the router arrive
-//! on a bounded channel and are drained in batches; everything a batch produces is written
-//! with one `write_all`. No read or write buffer is held while a plain TCP connection is
-//! idle.
+//! on the connection's queue and are drained in batches; everything a batch produces is
+//! written with one `write_all`. No read or write buffer is held while a plain TCP
+//! connection is idle, and after `mqtt.hibernate_after_ms` without work it hibernates:
+//! the pump loop's futures are freed and a small wait takes their place.
 
 mod handshake;
 mod outbound;
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -31,8 +33,17 @@ use crate::telemetry::Metrics;
 /// A device byte stream. Plain TCP can wait for readability without a buffer; streams with
 /// their own buffering (TLS, WebSocket bridge) are always "ready" and read directly.
 pub trait DeviceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// `wait_readable` really waits (the stream holds no buffered input of its own), so
+    /// an idle connection on it can hibernate.
+    const WAITS_READABLE: bool = false;
+
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Poll form of `wait_readable`, for a hibernating connection.
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
     /// The client certificate the TLS layer verified (DER), if any.
@@ -42,8 +53,14 @@ pub trait DeviceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl DeviceIo for TcpStream {
+    const WAITS_READABLE: bool = true;
+
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         self.readable()
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 

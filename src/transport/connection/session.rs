@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -71,6 +72,9 @@ enum End {
     /// The client broke the protocol; v5 gets DISCONNECT with this reason.
     Violation(ReasonCode, &'static str),
     KeepAlive,
+    /// Not an end: nothing is in progress and nothing happened for
+    /// `mqtt.hibernate_after_ms`; the connection hibernates (`Conn::hibernate`).
+    Idle,
     TakenOver(oneshot::Sender<LiveState>),
     Shutdown,
     Kicked(ReasonCode),
@@ -112,6 +116,8 @@ struct Conn {
     _address: Option<AddressGuard>,
     /// Publish rate and inbound bandwidth budgets, if limited.
     limiter: Option<Box<ConnLimiter>>,
+    /// When the client last sent anything (keep-alive).
+    last_read: Instant,
 }
 
 /// Serves one device connection from CONNECT to close.
@@ -120,14 +126,28 @@ pub async fn serve_connection<S: DeviceIo>(mut io: S, peer: Peer, ctx: Arc<ConnC
     gauge.inc();
     let _guard = GaugeGuard(gauge);
     let mut rbuf = BytesMut::new();
-    // The handshake and the close are boxed: their futures (deadlines, device calls)
-    // would otherwise size every connection's task for as long as it lives.
+    // The handshake, the pump loop and the close are boxed, and so is the connection's
+    // state: their futures (deadlines, device calls, the loop's select) would otherwise
+    // size every connection's task for as long as it lives. A hibernating connection's
+    // task holds pointers and the small wait of `Conn::hibernate`.
     let Some(mut conn) = Box::pin(open(&mut io, &mut rbuf, peer, &ctx)).await else { return };
     if rbuf.is_empty() {
         // The CONNECT buffer goes; an idle connection holds none.
         rbuf = BytesMut::new();
     }
-    let end = conn.run(&mut io, rbuf).await;
+    let end = loop {
+        match Box::pin(conn.run(&mut io, std::mem::take(&mut rbuf))).await {
+            End::Idle => {}
+            end => break end,
+        }
+        let gauge = GaugeGuard(ctx.metrics.hibernating.clone());
+        gauge.0.inc();
+        let woke = conn.hibernate(&io).await;
+        drop(gauge);
+        if let Some(end) = woke {
+            break end;
+        }
+    };
     Box::pin(conn.finish(&mut io, end)).await;
 }
 
@@ -138,7 +158,7 @@ async fn open<S: DeviceIo>(
     rbuf: &mut BytesMut,
     peer: Peer,
     ctx: &Arc<ConnCtx>,
-) -> Option<Conn> {
+) -> Option<Box<Conn>> {
     let ctx = ctx.clone();
     let io = &mut *io;
     let connect = match handshake::read_connect(io, rbuf, &ctx).await {
@@ -224,8 +244,9 @@ async fn open<S: DeviceIo>(
             return None;
         }
     };
-    let mut conn = Conn {
-        client: Arc::from(neg.client_id.as_str()),
+    let mut conn = Box::new(Conn {
+        // The slot's copy of the client id: an idle connection keeps one, not three.
+        client: reply.slot.client_id.clone(),
         slot: reply.slot.clone(),
         queue,
         out: Outbound::new(neg.protocol, neg.client_alias_max, neg.client_max_packet),
@@ -240,9 +261,10 @@ async fn open<S: DeviceIo>(
         _tracked: tracked,
         _address: address,
         limiter: ConnLimiter::new(limits, std::time::Instant::now()),
+        last_read: Instant::now(),
         ctx: ctx.clone(),
         neg,
-    };
+    });
     if let Some(d) = reply.durable {
         if !matches!(d.await, Ok(Ok(()))) {
             handshake::refuse(io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
@@ -252,6 +274,8 @@ async fn open<S: DeviceIo>(
         }
     }
     let ack = handshake::connack(&conn.neg, &connect, &ctx, reply.session_present);
+    // CONNACK was its last use (an assigned id); `conn.client` names the client from here.
+    conn.neg.client_id = String::new();
     conn.out.packet(&ack, &ctx.metrics);
     ctx.metrics.connects.with_label_values(&["accepted"]).inc();
     tracing::debug!(message = "client connected", client = %conn.client, peer = %peer.addr, protocol = conn.neg.protocol.label());
@@ -330,12 +354,62 @@ impl Conn {
         }
     }
 
-    async fn run<S: DeviceIo>(&mut self, io: &mut S, mut rbuf: BytesMut) -> End {
+    /// How long the client may stay silent (1.5 times its keep-alive), if it must not.
+    fn keep_alive(&self) -> Option<Duration> {
         let ka = Duration::from_millis(u64::from(self.neg.keep_alive) * 1500);
-        let mut last_read = Instant::now();
-        let keepalive =
-            tokio::time::sleep(if ka.is_zero() { Duration::from_secs(86400 * 365) } else { ka });
+        (!ka.is_zero()).then_some(ka)
+    }
+
+    /// Nothing is in progress: nothing to write, owed, paused for or waiting for a
+    /// window slot, and no partial packet read.
+    fn quiescent(&self, rbuf: &BytesMut) -> bool {
+        rbuf.is_empty()
+            && self.out.buf.is_empty()
+            && self.delivered.is_empty()
+            && self.owed.is_empty()
+            && self.paused.is_none()
+            && self.outgoing.pending_len() == 0
+    }
+
+    /// Waits, holding no working state, until the connection has work again (`None`: the
+    /// socket is readable, or a delivery or order came) or it ends. Polled by hand, with
+    /// no future per source: this wait is what a hibernating connection's task holds.
+    /// Shutdown comes as a wake of the queue (`Devices::wake_connections`) and is seen
+    /// by the loop.
+    async fn hibernate<S: DeviceIo>(&mut self, io: &S) -> Option<End> {
+        if *self.ctx.shutdown.borrow() {
+            return Some(End::Shutdown);
+        }
+        let keepalive = self.keep_alive().map(|ka| tokio::time::sleep_until(self.last_read + ka));
         tokio::pin!(keepalive);
+        let queue = &self.queue;
+        std::future::poll_fn(|cx| {
+            if queue.poll_woken(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match io.poll_readable(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(None),
+                Poll::Ready(Err(_)) => return Poll::Ready(Some(End::Io)),
+                Poll::Pending => {}
+            }
+            match keepalive.as_mut().as_pin_mut().map(|k| k.poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Some(End::KeepAlive)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    async fn run<S: DeviceIo>(&mut self, io: &mut S, mut rbuf: BytesMut) -> End {
+        const FAR: Duration = Duration::from_secs(86400 * 365);
+        let ka = self.keep_alive().unwrap_or(FAR);
+        let keepalive = tokio::time::sleep_until(self.last_read + ka);
+        tokio::pin!(keepalive);
+        let idle_after = Duration::from_millis(self.ctx.cfg.mqtt.hibernate_after_ms);
+        let hibernates = S::WAITS_READABLE && !idle_after.is_zero();
+        let mut last_work = Instant::now();
+        let idle = tokio::time::sleep(if hibernates { idle_after } else { FAR });
+        tokio::pin!(idle);
         let mut shutdown = self.ctx.shutdown.clone();
         if *shutdown.borrow() {
             return End::Shutdown;
@@ -370,6 +444,7 @@ impl Conn {
                     for d in items {
                         self.deliver(d);
                     }
+                    last_work = Instant::now();
                 }
                 done = front(&mut self.owed) => {
                     self.owed.pop_front();
@@ -393,7 +468,8 @@ impl Conn {
                         Ok(0) | Err(_) => return End::Io,
                         Ok(_) => {}
                     }
-                    last_read = Instant::now();
+                    self.last_read = Instant::now();
+                    last_work = self.last_read;
                     if let Err(end) = self.on_input(&mut rbuf).await {
                         return end;
                     }
@@ -403,11 +479,18 @@ impl Conn {
                     }
                 }
                 _ = &mut keepalive => {
-                    let deadline = last_read + ka;
+                    let deadline = self.last_read + ka;
                     if Instant::now() >= deadline {
                         return End::KeepAlive;
                     }
                     keepalive.as_mut().reset(deadline);
+                }
+                _ = &mut idle, if hibernates => {
+                    let now = Instant::now();
+                    if self.quiescent(&rbuf) && now >= last_work + idle_after {
+                        return End::Idle;
+                    }
+                    idle.as_mut().reset((last_work + idle_after).max(now + idle_after / 4));
                 }
             }
         }
@@ -548,7 +631,8 @@ impl Conn {
     async fn finish<S: DeviceIo>(&mut self, io: &mut S, end: End) {
         let (reason, label, will, aws) = match &end {
             End::Client { will } => (None, "normal", *will, "CLIENT_INITIATED_DISCONNECT"),
-            End::Io => (None, "connection_lost", true, "CONNECTION_LOST"),
+            // `Idle` never gets here: `serve_connection` hibernates on it.
+            End::Io | End::Idle => (None, "connection_lost", true, "CONNECTION_LOST"),
             End::Violation(code, label) => (Some(*code), *label, true, "CLIENT_ERROR"),
             End::KeepAlive => (
                 Some(ReasonCode::KeepAliveTimeout),
