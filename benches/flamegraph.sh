@@ -7,6 +7,8 @@
 #   benches/flamegraph.sh OUT.svg BENCH-ARGS...
 #   benches/flamegraph.sh docs/flamegraphs/connect-storm.svg conn -c 10000 --conn-rate 20000 -d 6
 #
+# FOLDED=path keeps the collapsed stacks (one line per stack, with its sample count) for
+# reading with grep and sort.
 # Installs inferno (cargo install) if missing; needs perf (Debian: linux-perf) and
 # permission to profile (root, or kernel.perf_event_paranoid <= 1). Not part of CI.
 set -euo pipefail
@@ -38,5 +40,6 @@ kill -INT "$perf"
 wait "$perf" || true
 mkdir -p "$(dirname "$out")"
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"$work/folded"
-inferno-flamegraph --title "homeport: bench $*" <"$work/folded" >"$out"
+if [ -n "${FOLDED:-}" ]; then cp "$work/folded" "$FOLDED"; fi
+inferno-flamegraph --minwidth 0.5 --title "homeport: bench $*" <"$work/folded" >"$out"
 echo "wrote $out ($(wc -l <"$work/folded") distinct stacks)"
