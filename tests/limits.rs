@@ -1,7 +1,8 @@
 //! Limits against abuse through real sockets: publish rate and inbound bandwidth (the
 //! client is slowed, nothing is lost), connections per source address, subscriptions per
-//! client, topic length and depth, and user property bytes. Each has its reason code and
-//! its `homeport_limit_hits_total` series; other clients keep working throughout.
+//! client, topic length and depth, user property bytes, and retained messages. Each has
+//! its reason code and its `homeport_limit_hits_total` series; other clients keep
+//! working throughout.
 
 mod common;
 
@@ -190,5 +191,92 @@ async fn subscriptions_topics_and_user_properties_have_limits() {
     assert_eq!(old.closed_with().await, None);
 
     still_works(&mut hs, &mut hp, 9).await;
+    node.shutdown().await.unwrap();
+}
+
+fn retained(topic: &str, qos: QoS, pkid: u16, payload: &str) -> Packet {
+    match publish(topic, qos, pkid, payload) {
+        Packet::Publish(p) => Packet::Publish(Publish { retain: true, ..p }),
+        other => other,
+    }
+}
+
+/// The reason of the PUBACK for `pkid`.
+async fn puback(c: &mut Raw, pkid: u16) -> ReasonCode {
+    loop {
+        match c.recv().await {
+            Some(Packet::PubAck(a)) if a.pkid == pkid => return a.reason,
+            Some(_) => continue,
+            None => panic!("closed before PUBACK {pkid}"),
+        }
+    }
+}
+
+/// Retained topics a fresh subscriber to `filter` gets, sorted.
+async fn retained_topics(node: &Node, filter: &str) -> Vec<String> {
+    let mut c = Raw::open(node).await;
+    c.connect("retained-reader", Protocol::V5, Properties::default()).await;
+    c.send(&subscribe(1, &[(filter, QoS::AtMostOnce)], None)).await;
+    let mut topics = Vec::new();
+    while let Some(p) = c.publish_within(Duration::from_millis(300)).await {
+        assert!(p.retain, "only retained messages are published here");
+        topics.push(p.topic.to_string());
+    }
+    topics.sort();
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_limited_by_count_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with(dir.path(), |c| {
+        c.limits.max_retained_messages = 2;
+        c.limits.max_retained_bytes = 64;
+    })
+    .await;
+    let mut live = Raw::open(&node).await;
+    live.connect("live", Protocol::V5, Properties::default()).await;
+    live.send(&subscribe(1, &[("r/#", QoS::AtLeastOnce)], None)).await;
+    assert!(matches!(live.recv().await, Some(Packet::SubAck(_))));
+    let mut v5 = Raw::open(&node).await;
+    v5.connect("retainer5", Protocol::V5, Properties::default()).await;
+
+    v5.send(&retained("r/1", QoS::AtLeastOnce, 1, "one")).await;
+    assert_eq!(puback(&mut v5, 1).await, ReasonCode::Success);
+    v5.send(&retained("r/2", QoS::AtLeastOnce, 2, "two")).await;
+    assert_eq!(puback(&mut v5, 2).await, ReasonCode::Success);
+    // A third topic is over the count: delivered to the live subscriber, not retained.
+    v5.send(&retained("r/3", QoS::AtLeastOnce, 3, "three")).await;
+    assert_eq!(puback(&mut v5, 3).await, ReasonCode::QuotaExceeded);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(live.next_publish(true).await.topic.to_string());
+    }
+    assert_eq!(got, ["r/1", "r/2", "r/3"]);
+    assert_eq!(retained_topics(&node, "r/#").await, ["r/1", "r/2"]);
+    assert_eq!(hits(&node, "retained_messages").await, 1.0);
+
+    // Replacing a retained topic is within the count; growing past the bytes is not.
+    v5.send(&retained("r/1", QoS::AtLeastOnce, 4, "uno")).await;
+    assert_eq!(puback(&mut v5, 4).await, ReasonCode::Success);
+    v5.send(&retained("r/1", QoS::AtLeastOnce, 5, &"x".repeat(80))).await;
+    assert_eq!(puback(&mut v5, 5).await, ReasonCode::QuotaExceeded);
+    // 3.1.1 has no negative acknowledgement: acknowledged, counted, not retained.
+    let mut v3 = Raw::open(&node).await;
+    v3.connect("retainer3", Protocol::V311, Properties::default()).await;
+    v3.send(&retained("r/4", QoS::AtLeastOnce, 1, "four")).await;
+    assert!(matches!(v3.recv().await, Some(Packet::PubAck(_))));
+    assert_eq!(retained_topics(&node, "r/#").await, ["r/1", "r/2"]);
+    assert_eq!(hits(&node, "retained_messages").await, 3.0);
+
+    // Clearing always works and makes room.
+    v5.send(&retained("r/2", QoS::AtLeastOnce, 6, "")).await;
+    assert_eq!(puback(&mut v5, 6).await, ReasonCode::Success);
+    v5.send(&retained("r/3", QoS::AtLeastOnce, 7, "three")).await;
+    assert_eq!(puback(&mut v5, 7).await, ReasonCode::Success);
+    assert_eq!(retained_topics(&node, "r/#").await, ["r/1", "r/3"]);
+    assert_eq!(metric(&node, "homeport_retained_messages").await, 2.0);
+    // "r/1" + "uno" and "r/3" + "three".
+    assert_eq!(metric(&node, "homeport_retained_bytes").await, 14.0);
     node.shutdown().await.unwrap();
 }

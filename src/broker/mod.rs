@@ -18,6 +18,6 @@ pub mod trie;
 pub(crate) use message::test_delivery;
 pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
 pub use outq::{ConnQueue, Offer};
-pub use retained::Retained;
+pub use retained::{RetainLimits, Retained};
 pub use router::{AckWait, Routed, Router, SubscribeOutcome};
 pub use slot::{Control, LiveState, SessionSlot, SlotRef};

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::message::{now_ms, Delivery, Message, StoredMessage};
 use super::outq::{ConnQueue, Offer};
-use super::retained::Retained;
+use super::retained::{RetainLimits, Retained};
 use super::slot::{SessionSlot, SlotRef};
 use super::trie::{Entry, SharedKey, Trie};
 use crate::device::{DeviceMsg, Devices};
@@ -52,6 +52,9 @@ pub struct Routed {
     /// What a QoS 1/2 publisher's acknowledgement waits for: every durable write this
     /// message caused, and room at subscribers whose backlog was full.
     pub acks: Vec<AckWait>,
+    /// The message asked to be retained and the retained limits refused it (it was
+    /// still delivered).
+    pub retain_refused: bool,
 }
 
 /// One session's merged matches for a message.
@@ -82,6 +85,8 @@ pub struct Router {
     devices: OnceLock<Arc<Devices>>,
     /// Journal QoS 1/2 deliveries to connected persistent sessions.
     durable_inflight: bool,
+    /// How much clients may retain (broker-made messages are not limited).
+    retain_limits: RetainLimits,
 }
 
 impl Router {
@@ -91,12 +96,14 @@ impl Router {
         sessions: SessionStore,
         metrics: Arc<Metrics>,
         durable_inflight: bool,
+        retain_limits: RetainLimits,
     ) -> Result<Router, StoreError> {
         let mut retained = Retained::default();
         for m in sessions.retained()? {
             retained.apply(&Arc::new(m.into_message(None)));
         }
         metrics.retained.set(retained.len() as i64);
+        metrics.retained_bytes.set(retained.bytes() as i64);
         Ok(Router {
             trie: RwLock::new(Trie::new()),
             retained: RwLock::new(retained),
@@ -105,6 +112,7 @@ impl Router {
             metrics,
             devices: OnceLock::new(),
             durable_inflight,
+            retain_limits,
         })
     }
 
@@ -170,7 +178,7 @@ impl Router {
     ) -> Result<Routed, StoreError> {
         let mut routed = Routed::default();
         if msg.retain {
-            self.retain(&msg, &mut routed.acks);
+            routed.retain_refused = !self.retain(&msg, &mut routed.acks);
         }
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
@@ -280,18 +288,26 @@ impl Router {
     /// Sets or clears the retained message of the topic, in memory and in the topic's
     /// shard. A QoS 1/2 publisher's acknowledgement waits until the shard has committed
     /// it. Both happen under the retained set's lock, so the shard sees the changes of one
-    /// topic in the order the set did.
-    fn retain(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) {
+    /// topic in the order the set did. False if a client's message would take the set
+    /// past its limits: it is not retained (and counted).
+    fn retain(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) -> bool {
+        let mut r = self.retained.write();
+        if msg.origin.is_some() && !r.admits(msg, self.retain_limits) {
+            drop(r);
+            self.metrics.limit_hits.with_label_values(&["retained_messages"]).inc();
+            return false;
+        }
         let stored = (!msg.payload.is_empty()).then(|| StoredMessage::from(&**msg));
         let ack = (msg.qos != QoS::AtMostOnce).then(|| {
             let (tx, rx) = oneshot::channel();
             acks.push(AckWait::Durable(rx));
             tx
         });
-        let mut r = self.retained.write();
         self.sessions.put_retained(&msg.topic, stored, ack);
         r.apply(msg);
         self.metrics.retained.set(r.len() as i64);
+        self.metrics.retained_bytes.set(r.bytes() as i64);
+        true
     }
 
     /// Hands one delivery to a session: its connection if attached, else (persistent

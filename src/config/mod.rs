@@ -310,6 +310,11 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     /// Most bytes of user property keys and values in one packet (v5).
     pub max_user_property_bytes: usize,
+    /// Most retained messages the node keeps (0: no limit). A retained PUBLISH to a new
+    /// topic beyond it is delivered but not retained.
+    pub max_retained_messages: usize,
+    /// Most bytes (topics and payloads) of retained messages the node keeps (0: no limit).
+    pub max_retained_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -321,6 +326,8 @@ impl Default for LimitsConfig {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_user_property_bytes: 8192,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1 << 30,
         }
     }
 }

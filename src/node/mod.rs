@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState};
 use crate::auth::Auth;
-use crate::broker::Router;
+use crate::broker::{RetainLimits, Router};
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
 use crate::jobs::{scheduler, Jobs};
@@ -99,6 +99,10 @@ impl Node {
             sessions.clone(),
             metrics.clone(),
             cfg.mqtt.durable_inflight,
+            RetainLimits {
+                messages: cfg.limits.max_retained_messages,
+                bytes: cfg.limits.max_retained_bytes,
+            },
         )?);
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
         let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));

@@ -97,6 +97,8 @@ pub struct Metrics {
     /// Messages waiting in offline queues of persistent sessions.
     pub offline_queue_depth: IntGauge,
     pub retained: IntGauge,
+    /// Topic and payload bytes of the retained messages.
+    pub retained_bytes: IntGauge,
     pub subscriptions: IntGauge,
     /// Sessions known to the node, connected or not.
     pub sessions: IntGauge,
@@ -234,6 +236,10 @@ impl Metrics {
                 "Messages queued for offline persistent sessions",
             ),
             retained: gauge("homeport_retained_messages", "Retained messages"),
+            retained_bytes: gauge(
+                "homeport_retained_bytes",
+                "Topic and payload bytes of the retained messages",
+            ),
             subscriptions: gauge("homeport_subscriptions", "Subscriptions"),
             sessions: gauge("homeport_sessions", "Sessions, connected or not"),
             flush_seconds: histogram(

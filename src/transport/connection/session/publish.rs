@@ -149,6 +149,9 @@ impl Conn {
         let (pkid, qos) = (p.pkid, p.qos);
         let (reason, waits) = match routed {
             None => (ReasonCode::NotAuthorized, Vec::new()),
+            // Delivered but not retained: the retained limits are reached. 3.1.1 has no
+            // negative acknowledgement; the refusal is counted either way.
+            Some(Ok(r)) if r.retain_refused && v5 => (ReasonCode::QuotaExceeded, r.acks),
             // A shadow or jobs request is taken by its device actor even without
             // subscribers.
             Some(Ok(r)) if r.matched == 0 && reserved.is_none() => {
