@@ -161,6 +161,8 @@ async fn an_earlier_releases_sessions_move_into_the_shards() {
         db.open_tree("retained").unwrap().insert("old/r", encode(&r).unwrap()).unwrap();
         db.flush().unwrap();
     }
+    // sled's own threads let go of the directory a little after the drop.
+    tokio::time::timeout(WAIT, homeport::store::unlocked(dir.path())).await.unwrap();
     let node = start(dir.path()).await;
     let port = port(&node);
     assert_eq!(shard_keys(&node, "legacy", &sessions::queue_prefix("legacy")), 2);

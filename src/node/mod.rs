@@ -226,11 +226,11 @@ impl Node {
         self.groups.shutdown().await;
         self.store.flush().await?;
         self.raft_log.flush().await?;
-        let closed = self.store.closed();
-        let log_closed = self.raft_log.closed();
+        let closed = self.store.released();
+        let log_closed = self.raft_log.released();
         drop(self);
-        // Every component holding the store has stopped; wait for sled to close so the
-        // data directory can be reopened at once (restarts, in-process tests).
+        // Every component holding the store has stopped; wait for sled to release the
+        // data directory so it can be reopened at once (restarts, in-process tests).
         let both = async move {
             closed.await;
             log_closed.await;

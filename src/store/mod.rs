@@ -64,6 +64,8 @@ pub struct Store {
     flush: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
     /// Reports closed once the flusher has exited and released the database.
     closed: tokio::sync::watch::Receiver<()>,
+    /// The database's directory (its lock file is `db` in it).
+    dir: Arc<Path>,
 }
 
 /// The page cache used when no size is configured (tests, tools): 64 MiB.
@@ -83,6 +85,25 @@ fn queue_key(client: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Waits until no sled database holds the lock of the database in `dir`: sled releases
+/// it when the last handle is dropped, which its own threads may do a little after the
+/// owner's drop. Each check takes the lock (an exclusive `flock`, as sled does) and drops
+/// it at once; a missing lock file is free.
+pub async fn unlocked(dir: &Path) {
+    use fs2::FileExt;
+    let lock = dir.join("db");
+    loop {
+        let free = match std::fs::OpenOptions::new().read(true).write(true).open(&lock) {
+            Ok(f) => f.try_lock_exclusive().is_ok(),
+            Err(_) => true,
+        };
+        if free {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with sled's default page cache and starts its
     /// flusher on the current runtime.
@@ -99,7 +120,7 @@ impl Store {
         let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
         let inflight = db.open_tree("inflight")?;
         let (flush, closed) = flusher::spawn(db.clone(), metrics);
-        Ok(Store { db, inflight, flush, closed })
+        Ok(Store { db, inflight, flush, closed, dir: Arc::from(dir) })
     }
 
     /// Resolves once every write issued before this call is flushed to disk.
@@ -121,6 +142,20 @@ impl Store {
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.closed.clone();
         async move { while rx.changed().await.is_ok() {} }
+    }
+
+    /// A future that resolves when the directory can be opened again: every clone of
+    /// this store is dropped and sled has released its lock file. Trees handed out by
+    /// [`Store::db`] hold the lock too, and tasks that end after the node's shutdown
+    /// (the Raft groups' workers) may drop theirs a little later, so the lock file
+    /// itself is asked.
+    pub fn released(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let closed = self.closed();
+        let dir = self.dir.clone();
+        async move {
+            closed.await;
+            unlocked(&dir).await;
+        }
     }
 
     /// Flushes now and waits (used at shutdown).
