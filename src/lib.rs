@@ -7,6 +7,8 @@
 //! - [`device`]: device actors (one per client id) and their supervisor.
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state, including
 //!   persistent MQTT sessions, offline queues and retained messages.
+//! - [`cluster`]: nodes replicating the groups over QUIC: transport, mutual TLS, fault
+//!   injection, members, placement and membership changes.
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
@@ -22,6 +24,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod jobs;

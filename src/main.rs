@@ -42,9 +42,12 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, short, env = "HOMEPORT_CONFIG")]
     config: Option<PathBuf>,
-    /// Overrides node.id.
+    /// Overrides node.id (non-zero; this node's id in its cluster).
     #[arg(long, env = "HOMEPORT_NODE_ID")]
-    node_id: Option<String>,
+    node_id: Option<u64>,
+    /// Overrides node.name (in logs and $SYS topics).
+    #[arg(long, env = "HOMEPORT_NODE_NAME")]
+    node_name: Option<String>,
     /// Overrides node.data_dir.
     #[arg(long, env = "HOMEPORT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -66,6 +69,40 @@ struct ServeArgs {
     /// Overrides log.level (a tracing filter such as "info" or "homeport=debug").
     #[arg(long, env = "HOMEPORT_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Overrides cluster.name.
+    #[arg(long, env = "HOMEPORT_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Overrides cluster.bind (UDP address of the cluster's QUIC listener; turns the
+    /// cluster on).
+    #[arg(long, env = "HOMEPORT_CLUSTER_BIND")]
+    cluster_bind: Option<SocketAddr>,
+    /// Overrides cluster.advertise (host:port peers dial).
+    #[arg(long, env = "HOMEPORT_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// Overrides cluster.initial_members: ID@HOST:PORT,... (the same list on every node).
+    #[arg(long, env = "HOMEPORT_INITIAL_MEMBERS", value_delimiter = ',')]
+    initial_members: Option<Vec<homeport::config::MemberAddr>>,
+    /// Overrides cluster.join: cluster addresses of running nodes (HOST:PORT,...).
+    #[arg(long, env = "HOMEPORT_JOIN", value_delimiter = ',')]
+    join: Option<Vec<String>>,
+    /// Overrides cluster.replication_factor.
+    #[arg(long, env = "HOMEPORT_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    /// Overrides cluster.ca (PEM of the cluster CA).
+    #[arg(long, env = "HOMEPORT_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
+    /// Overrides cluster.cert (this node's PEM certificate).
+    #[arg(long, env = "HOMEPORT_CLUSTER_CERT")]
+    cluster_cert: Option<PathBuf>,
+    /// Overrides cluster.key (this node's PEM key).
+    #[arg(long, env = "HOMEPORT_CLUSTER_KEY")]
+    cluster_key: Option<PathBuf>,
+    /// Sets cluster.insecure_dev (peers not authenticated; development only).
+    #[arg(long, env = "HOMEPORT_CLUSTER_INSECURE_DEV")]
+    cluster_insecure_dev: Option<bool>,
+    /// Sets cluster.fault_injection (the admin API may inject transport faults).
+    #[arg(long, env = "HOMEPORT_CLUSTER_FAULT_INJECTION")]
+    cluster_fault_injection: Option<bool>,
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -73,8 +110,45 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         Some(p) => Config::load(p)?,
         None => Config::from_toml(DEFAULT_TOML)?,
     };
-    if let Some(v) = &args.node_id {
-        cfg.node.id.clone_from(v);
+    if let Some(v) = args.node_id {
+        cfg.node.id = v;
+    }
+    if let Some(v) = &args.node_name {
+        cfg.node.name.clone_from(v);
+    }
+    let c = &mut cfg.cluster;
+    if let Some(v) = &args.cluster_name {
+        c.name.clone_from(v);
+    }
+    if let Some(v) = args.cluster_bind {
+        c.bind = Some(v);
+    }
+    if let Some(v) = &args.cluster_advertise {
+        c.advertise = Some(v.clone());
+    }
+    if let Some(v) = &args.initial_members {
+        c.initial_members.clone_from(v);
+    }
+    if let Some(v) = &args.join {
+        c.join.clone_from(v);
+    }
+    if let Some(v) = args.replication_factor {
+        c.replication_factor = v;
+    }
+    if let Some(v) = &args.cluster_ca {
+        c.ca = Some(v.clone());
+    }
+    if let Some(v) = &args.cluster_cert {
+        c.cert = Some(v.clone());
+    }
+    if let Some(v) = &args.cluster_key {
+        c.key = Some(v.clone());
+    }
+    if let Some(v) = args.cluster_insecure_dev {
+        c.insecure_dev = v;
+    }
+    if let Some(v) = args.cluster_fault_injection {
+        c.fault_injection = v;
     }
     if let Some(v) = &args.data_dir {
         cfg.node.data_dir.clone_from(v);

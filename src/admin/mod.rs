@@ -50,6 +50,8 @@ pub struct AdminState {
     pub require_token: bool,
     /// `shadow.max_pending_per_thing`: more waiting requests for a thing get 429.
     pub shadow_pending_limit: usize,
+    /// The cluster side, once it runs (never on a single node).
+    pub cluster: Arc<std::sync::OnceLock<Arc<crate::cluster::Cluster>>>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -71,14 +73,21 @@ async fn healthz() -> Response {
     Json(Status { status: "ok".into() }).into_response()
 }
 
-/// Readiness: listeners bound and sessions restored; not ready while stopping.
+/// Readiness: listeners bound and sessions restored, and in a cluster this node is on
+/// the majority side of the meta group; not ready while stopping.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Status), (status = 503, body = ApiError)))]
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        Json(Status { status: "ready".into() }).into_response()
-    } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is starting or stopping")
+    if !s.ready.load(Ordering::Acquire) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is starting or stopping");
+    }
+    match s.cluster.get() {
+        Some(c) if !c.healthy() => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            "this node cannot reach a majority of the cluster's meta group",
+        ),
+        _ => Json(Status { status: "ready".into() }).into_response(),
     }
 }
 

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+pub use cluster::{check_host_port, ClusterConfig, MemberAddr};
+
 /// The documented default configuration.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -41,12 +44,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub provisioning: ProvisioningConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    pub id: String,
+    /// This node's id (non-zero, unique in its cluster): its Raft id in every group and
+    /// the name its cluster certificate carries. Recorded in the data directory.
+    pub id: u64,
+    /// Name in logs and `$SYS` topics; `homeport-{id}` when empty.
+    pub name: String,
     pub data_dir: PathBuf,
     /// Page cache of each of the node's two sled databases (state machines and Raft log),
     /// in MiB. sled's own default is 1 GiB each, which a busy node fills slowly and never
@@ -56,7 +64,18 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { id: "homeport-1".into(), data_dir: PathBuf::from("./data"), cache_mib: 64 }
+        Self { id: 1, name: String::new(), data_dir: PathBuf::from("./data"), cache_mib: 64 }
+    }
+}
+
+impl NodeConfig {
+    /// `name`, or `homeport-{id}`.
+    pub fn display_name(&self) -> String {
+        if self.name.trim().is_empty() {
+            format!("homeport-{}", self.id)
+        } else {
+            self.name.clone()
+        }
     }
 }
 
@@ -218,28 +237,37 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftConfig {
-    /// This node's Raft id (non-zero, unique in the cluster).
-    pub node_id: u64,
     /// Shard groups; fixed when the data directory is first created.
     pub shards: u32,
     /// Build a snapshot (and compact the log) after this many applied entries.
     pub snapshot_after_logs: u64,
     /// Entries kept in the log behind the latest snapshot (for slow followers).
     pub keep_logs: u64,
+    /// Raft's heartbeat interval. openraft 0.9 times every append out after this long,
+    /// entries included: a follower must receive, append, flush and answer within it.
     pub heartbeat_ms: u64,
-    /// Lower bound of the election timeout; the upper bound is twice this.
+    /// Election timeout of a group's preferred leader (its lower bound; the upper bound
+    /// is 1.5 times this). Other voters wait 1.5 to 3 times this before they stand.
     pub election_timeout_ms: u64,
+    /// Most log entries in one append (each entry holds up to 1024 commands).
+    pub max_payload_entries: u64,
+    /// Longest a snapshot chunk may take to send and install, in milliseconds.
+    pub snapshot_timeout_ms: u64,
+    /// Bytes of snapshot in one chunk.
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
-            node_id: 1,
             shards: 16,
             snapshot_after_logs: 10_000,
             keep_logs: 1_000,
             heartbeat_ms: 100,
             election_timeout_ms: 500,
+            max_payload_entries: 64,
+            snapshot_timeout_ms: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
         }
     }
 }
@@ -405,7 +433,7 @@ impl Default for LogConfig {
     }
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, reason: reason.into() }
 }
 
@@ -427,8 +455,8 @@ impl Config {
     /// Checks ranges the types cannot express; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let m = &self.mqtt;
-        if self.node.id.trim().is_empty() {
-            return Err(invalid("node.id", "must not be empty"));
+        if self.node.id == 0 {
+            return Err(invalid("node.id", "must not be 0"));
         }
         if self.node.cache_mib == 0 || self.node.cache_mib > 1 << 20 {
             return Err(invalid("node.cache_mib", "must be between 1 and 1048576"));
@@ -458,9 +486,6 @@ impl Config {
             return Err(invalid("mqtt.outbound_queue", "must be at least 1"));
         }
         let r = &self.raft;
-        if r.node_id == 0 {
-            return Err(invalid("raft.node_id", "must not be 0"));
-        }
         if r.shards == 0 || r.shards > 4096 {
             return Err(invalid("raft.shards", "must be between 1 and 4096"));
         }
@@ -472,6 +497,15 @@ impl Config {
                 "raft.election_timeout_ms",
                 "must be larger than raft.heartbeat_ms, which must be at least 1",
             ));
+        }
+        if r.max_payload_entries == 0 {
+            return Err(invalid("raft.max_payload_entries", "must be at least 1"));
+        }
+        if r.snapshot_timeout_ms < 100 {
+            return Err(invalid("raft.snapshot_timeout_ms", "must be at least 100"));
+        }
+        if r.snapshot_chunk_bytes < 4096 || r.snapshot_chunk_bytes > 64 << 20 {
+            return Err(invalid("raft.snapshot_chunk_bytes", "must be between 4096 and 67108864"));
         }
         if self.jobs.scheduler_interval_ms < 10 {
             return Err(invalid("jobs.scheduler_interval_ms", "must be at least 10"));
@@ -549,6 +583,7 @@ impl Config {
         if a.failure_window_secs == 0 {
             return Err(invalid("auth.failure_window_secs", "must be at least 1"));
         }
+        self.cluster.validate(self.node.id)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "not a valid tracing filter"));
         }

@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::auth::Auth;
 use crate::broker::{RetainLimits, Router};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
 use crate::jobs::{scheduler, Jobs};
-use crate::raft::{Groups, RaftStartError, SessionStore};
+use crate::raft::{Groups, Initial, LocalOnly, RaftStartError, SessionStore, StartOptions};
 use crate::registry::Registry;
 use crate::shadow::Shadows;
 use crate::store::{Store, StoreError};
@@ -47,6 +48,17 @@ pub enum NodeError {
     Raft(#[from] RaftStartError),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
+}
+
+/// `addr` as peers and clients can dial it: an unspecified IP (0.0.0.0) is replaced by the
+/// host of the cluster's advertised address.
+fn advertised(addr: SocketAddr, cluster: Option<&str>) -> String {
+    match cluster.and_then(|c| c.rsplit_once(':')).map(|(h, _)| h) {
+        Some(host) if addr.ip().is_unspecified() => format!("{host}:{}", addr.port()),
+        _ => addr.to_string(),
+    }
 }
 
 /// A running node.
@@ -60,6 +72,8 @@ pub struct Node {
     pub router: Arc<Router>,
     pub groups: Arc<Groups>,
     pub auth: Arc<Auth>,
+    /// The cluster side (`None` on a single node).
+    pub cluster: Option<Arc<Cluster>>,
     store: Store,
     raft_log: Store,
     /// One device supervisor per shard.
@@ -84,7 +98,38 @@ impl Node {
         // log and are flushed before a snapshot lets the log be compacted).
         let raft_log =
             Store::open_with_cache(&cfg.node.data_dir.join("raft-log"), cache, metrics.clone())?;
-        let groups = Arc::new(Groups::start(&store, &raft_log, &cfg.raft, metrics.clone()).await?);
+        let transport = match cfg.cluster.enabled() {
+            true => Some(cluster::start_transport(&cfg.cluster, cfg.node.id, &metrics)?),
+            false => None,
+        };
+        let write_timeout = Duration::from_millis(cfg.cluster.write_timeout_ms);
+        let groups = match &transport {
+            Some((t, _)) => {
+                let (initial, preferred) =
+                    cluster::initial(&cfg.cluster, cfg.node.id, cfg.raft.shards + 1);
+                let opts = StartOptions {
+                    node: cfg.node.id,
+                    cluster: cfg.cluster.name.clone(),
+                    initial,
+                    write_timeout,
+                    preferred,
+                };
+                let net = |group| cluster::raft_net::ClusterNetwork { group, transport: t.clone() };
+                Groups::start(&store, &raft_log, &cfg.raft, opts, net, metrics.clone()).await?
+            }
+            None => {
+                let opts = StartOptions {
+                    node: cfg.node.id,
+                    cluster: cfg.cluster.name.clone(),
+                    initial: Initial::Single(String::new()),
+                    write_timeout,
+                    preferred: Vec::new(),
+                };
+                Groups::start(&store, &raft_log, &cfg.raft, opts, |_| LocalOnly, metrics.clone())
+                    .await?
+            }
+        };
+        let groups = Arc::new(groups);
         let auth = Arc::new(Auth::new(groups.clone(), &cfg, metrics.clone())?);
         let sessions = SessionStore::new(groups.clone());
         let moved = sessions.migrate_legacy(store.db()).await?;
@@ -132,6 +177,8 @@ impl Node {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
+        // Set once the cluster side runs (after the listeners, whose addresses it needs).
+        let cluster_ready: Arc<std::sync::OnceLock<Arc<Cluster>>> = Default::default();
         let admin_addr = match cfg.admin.bind {
             Some(addr) => Some(
                 admin::serve(
@@ -145,6 +192,7 @@ impl Node {
                         auth: auth.clone(),
                         require_token: cfg.admin.require_token,
                         shadow_pending_limit: cfg.shadow.max_pending_per_thing,
+                        cluster: cluster_ready.clone(),
                     },
                     shutdown_rx.clone(),
                 )
@@ -164,6 +212,21 @@ impl Node {
         });
         let (done_tx, conns_done) = mpsc::channel(1);
         let bound = bind_listeners(ctx, done_tx).await?;
+        let cluster = transport.map(|(t, cm)| {
+            let host = |a: Option<SocketAddr>| {
+                a.map(|a| advertised(a, cfg.cluster.advertised().as_deref()))
+            };
+            let me = cluster::wire::MemberInfo {
+                id: cfg.node.id,
+                cluster_addr: t.advertised().to_string(),
+                mqtt_addr: host(bound.tcp),
+                admin_addr: host(admin_addr),
+            };
+            Cluster::start(t, groups.clone(), cfg.cluster.clone(), me, cm, shutdown_rx.clone())
+        });
+        if let Some(c) = &cluster {
+            cluster_ready.set(c.clone()).ok();
+        }
         scheduler::spawn(
             jobs,
             devices.clone(),
@@ -183,7 +246,8 @@ impl Node {
         ready.store(true, Ordering::Release);
         tracing::info!(
             message = "node started",
-            node = %cfg.node.id,
+            node = %cfg.node.display_name(),
+            id = cfg.node.id,
             mqtt = ?bound.tcp, tls = ?bound.tls, ws = ?bound.ws, admin = ?admin_addr,
             data_dir = %cfg.node.data_dir.display(),
         );
@@ -197,6 +261,7 @@ impl Node {
             router,
             groups,
             auth,
+            cluster,
             store,
             raft_log,
             supervisors,
@@ -224,6 +289,9 @@ impl Node {
         // Writes the actors submitted without waiting (records saved at detach) first.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.groups.settle_all()).await;
         self.groups.shutdown().await;
+        if let Some(c) = &self.cluster {
+            c.transport.shutdown();
+        }
         self.store.flush().await?;
         self.raft_log.flush().await?;
         let closed = self.store.released();

@@ -364,6 +364,7 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
             crate::auth::records::put(kv, key, *expect, value.as_ref())
         }
         Command::Audit { entry, keep } => crate::auth::records::audit(kv, entry, *keep),
+        Command::Cluster(c) => crate::cluster::records::apply(kv, c),
         Command::PutExecution { expect, value } => {
             let old = read_execution(kv, &value.thing, &value.job_id)?;
             let found = old.as_ref().map(|e| e.version);

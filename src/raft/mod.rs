@@ -4,16 +4,23 @@
 //! applied.
 //!
 //! Owns: the type configuration, the sled log store and state machine of every group, the
-//! device-to-shard map (a stable FNV-1a hash of the device id), start-up (a fresh data
-//! directory initializes each group with this node as its only voter) and shutdown.
+//! device-to-shard map (a stable FNV-1a hash of the device id), the proposers (batching,
+//! finding the leader: [`proposer`]), start-up and shutdown. Every node runs an instance
+//! of every group; membership decides which are voters, learners or idle. A fresh data
+//! directory initializes its groups from [`Initial`]: this node as the only voter (a
+//! single node), a static first configuration (a cluster's initial members), or nothing
+//! (a node that joins and is added by the others). How peers are reached is the network
+//! factory's business (`LocalOnly` on a single node, the cluster transport otherwise).
 //! Must not touch: MQTT or shadow semantics; it stores the commands it is given.
 //!
-//! The shard count is fixed at creation: it is recorded in the data directory and a node
-//! configured with another count refuses to start (devices would change shards).
+//! Fixed at creation and recorded in the data directory: the shard count (devices would
+//! change shards), the node id and the cluster name; a node configured otherwise refuses
+//! to start.
 
 mod log_store;
 pub mod machine;
 mod network;
+mod proposer;
 mod session_store;
 pub mod sessions;
 mod state_machine;
@@ -26,12 +33,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use log_store::LogStore;
 pub use network::LocalOnly;
+pub use proposer::{Forward, ForwardError, MAX_BATCH};
 pub use session_store::SessionStore;
 pub use state_machine::StateMachine;
 pub use types::{Command, GroupId, Raft, Response, StoredShadow, TypeConfig};
@@ -47,6 +54,12 @@ pub enum RaftStartError {
     Store(#[from] StoreError),
     #[error("raft.shards is {configured} but this data directory was created with {stored}")]
     ShardCountChanged { stored: u32, configured: u32 },
+    #[error("node.id is {configured} but this data directory belongs to node {stored}")]
+    NodeChanged { stored: u64, configured: u64 },
+    #[error(
+        "cluster.name is {configured:?} but this data directory belongs to cluster {stored:?}"
+    )]
+    ClusterChanged { stored: String, configured: String },
     #[error("raft group {group}: {reason}")]
     Group { group: GroupId, reason: String },
 }
@@ -57,6 +70,10 @@ pub enum WriteError {
     /// This node does not lead the group (it cannot accept writes now).
     #[error("raft group {0} has no leader on this node")]
     NotLeader(GroupId),
+    /// This node leads the group but has not heard from a majority of its voters within
+    /// the leader lease (it is on the minority side of a partition): nothing is proposed.
+    #[error("raft group {0} cannot reach a majority of its voters")]
+    NoQuorum(GroupId),
     /// The group is shutting down or failed.
     #[error("raft group {group} unavailable: {reason}")]
     Unavailable { group: GroupId, reason: String },
@@ -93,15 +110,12 @@ impl Reply {
     }
 }
 
-/// A command waiting for its group's next proposal: its ticket, and where its answer goes.
-type Pending = (u64, Command, Reply);
-
 struct Group {
     raft: Raft,
     data: sled::Tree,
     /// To the group's proposer task, which batches what arrives while a proposal is in
     /// flight into the next log entry. The lock hands out tickets in channel order.
-    proposals: parking_lot::Mutex<(u64, mpsc::UnboundedSender<Pending>)>,
+    proposals: parking_lot::Mutex<(u64, mpsc::UnboundedSender<proposer::Pending>)>,
     /// The highest ticket whose command has been applied (or has failed).
     done: watch::Receiver<u64>,
     /// See [`StateMachine::access_epoch`].
@@ -111,91 +125,42 @@ struct Group {
 /// A submitted command's place in its group's order (see [`Groups::settled`]).
 pub type Ticket = u64;
 
-/// Most commands in one log entry.
-const MAX_BATCH: usize = 1024;
+/// How a fresh data directory initializes its groups.
+#[derive(Debug, Clone)]
+pub enum Initial {
+    /// A single node: every group has this node (at this address) as its only voter.
+    Single(String),
+    /// A cluster's first configuration: the voters of each group (index = group id); a
+    /// group whose voters do not include this node is left for the others to add it.
+    Static(Vec<BTreeMap<u64, BasicNode>>),
+    /// A node that joins: nothing is initialized; the cluster adds it.
+    Join,
+}
 
-/// Proposes what arrives for one group: one proposal in flight; commands that arrive
-/// meanwhile go together into the next entry. openraft 0.9 appends and flushes each
-/// client write before taking the next, so without this every command would cost a flush.
-async fn proposer(
-    group: GroupId,
-    raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    done: watch::Sender<u64>,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch: Vec<Pending> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        metrics.raft_batch.observe(batch.len() as f64);
-        let last = batch.last().map_or(0, |p| p.0);
-        let mut cmds = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for (_, c, r) in batch.drain(..) {
-            cmds.push(c);
-            replies.push(r);
-        }
-        let single = cmds.len() == 1;
-        let cmd = if single {
-            cmds.into_iter().next().unwrap_or(Command::Batch(Vec::new()))
-        } else {
-            Command::Batch(cmds)
-        };
-        let res = match raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(WriteError::NotLeader(group))
-            }
-            Err(e) => Err(WriteError::Unavailable { group, reason: e.to_string() }),
-        };
-        // `Groups::write` counts its own writes, with their latency.
-        let finish = |r: Reply, res: Result<Response, WriteError>| {
-            if !matches!(r, Reply::Response(_)) {
-                let label = if res.is_ok() { "applied" } else { "error" };
-                metrics.raft_writes.with_label_values(&[label]).inc();
-            }
-            r.send(res);
-        };
-        match res {
-            Ok(Response::Batch(answers)) if !single && answers.len() == replies.len() => {
-                for (r, a) in replies.into_iter().zip(answers) {
-                    finish(r, Ok(a));
-                }
-            }
-            Ok(answer) if single => {
-                for r in replies {
-                    finish(r, Ok(answer.clone()));
-                }
-            }
-            Ok(other) => {
-                let reason = format!("unexpected answer to a batch: {other:?}");
-                for r in replies {
-                    finish(r, Err(WriteError::Unavailable { group, reason: reason.clone() }));
-                }
-            }
-            Err(e) => {
-                for r in replies {
-                    finish(r, Err(e.clone()));
-                }
-            }
-        }
-        done.send_replace(last);
-    }
+/// How the groups are started.
+pub struct StartOptions {
+    pub node: u64,
+    pub cluster: String,
+    pub initial: Initial,
+    /// Longest wait for a write to commit (then [`WriteError::Unavailable`]).
+    pub write_timeout: Duration,
+    /// Per group: whether this node should lead it when it can (a shorter election
+    /// timeout; openraft 0.9 has no leader transfer). Empty: no preference.
+    pub preferred: Vec<bool>,
 }
 
 /// Every Raft group of this node. Cheap to share behind an `Arc`.
 pub struct Groups {
+    node: u64,
     groups: Vec<Group>,
     metrics: Arc<Metrics>,
+    forward: Arc<std::sync::OnceLock<Arc<dyn Forward>>>,
+    heartbeat: Duration,
 }
 
 const SHARDS_KEY: &[u8] = b"shards";
+const NODE_KEY: &[u8] = b"node";
+const CLUSTER_KEY: &[u8] = b"cluster";
 
 /// FNV-1a, 64 bit: stable across releases and platforms (unlike `std`'s hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -212,45 +177,116 @@ pub fn shard_of(device: &str, shards: u32) -> GroupId {
     1 + (fnv1a(device.as_bytes()) % u64::from(shards.max(1))) as GroupId
 }
 
+/// Checks (or, in a fresh directory, records) what the data directory was created for.
+/// Returns whether the directory is fresh.
+fn check_identity(
+    store: &Store,
+    cfg: &RaftConfig,
+    opts: &StartOptions,
+) -> Result<bool, RaftStartError> {
+    let cluster = store.db().open_tree("raft.cluster").map_err(StoreError::from)?;
+    let get = |k: &[u8]| cluster.get(k).map_err(StoreError::from);
+    let fresh = match get(SHARDS_KEY)? {
+        Some(v) => {
+            let stored: u32 = decode(&v)?;
+            if stored != cfg.shards {
+                return Err(RaftStartError::ShardCountChanged { stored, configured: cfg.shards });
+            }
+            false
+        }
+        None => true,
+    };
+    match get(NODE_KEY)? {
+        Some(v) => {
+            let stored: u64 = decode(&v)?;
+            if stored != opts.node {
+                return Err(RaftStartError::NodeChanged { stored, configured: opts.node });
+            }
+        }
+        // A directory of a release that did not record it was made by node 1 (the only
+        // node id it could have; `raft.node_id` defaulted to 1).
+        None if !fresh && opts.node != 1 => {
+            return Err(RaftStartError::NodeChanged { stored: 1, configured: opts.node });
+        }
+        None => {}
+    }
+    if let Some(v) = get(CLUSTER_KEY)? {
+        let stored: String = decode(&v)?;
+        if stored != opts.cluster {
+            return Err(RaftStartError::ClusterChanged {
+                stored,
+                configured: opts.cluster.clone(),
+            });
+        }
+    }
+    let put = |k: &[u8], v: Vec<u8>| cluster.insert(k, v).map_err(StoreError::from);
+    put(SHARDS_KEY, encode(&cfg.shards)?)?;
+    put(NODE_KEY, encode(&opts.node)?)?;
+    put(CLUSTER_KEY, encode(&opts.cluster)?)?;
+    Ok(fresh)
+}
+
 impl Groups {
-    /// Opens every group, initializing fresh ones with this node as the only voter, and
-    /// waits until this node leads each of them. State machines live in `store`, logs (and
-    /// votes) in `log`, which may be a separate database so that appends flush only logs.
-    pub async fn start(
+    /// A single node's groups: node 1 of cluster "homeport", every group led by it.
+    pub async fn start_single(
         store: &Store,
         log: &Store,
         cfg: &RaftConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Groups, RaftStartError> {
-        let cluster = store.db().open_tree("raft.cluster").map_err(StoreError::from)?;
-        match cluster.get(SHARDS_KEY).map_err(StoreError::from)? {
-            Some(v) => {
-                let stored: u32 = decode(&v)?;
-                if stored != cfg.shards {
-                    return Err(RaftStartError::ShardCountChanged {
-                        stored,
-                        configured: cfg.shards,
-                    });
-                }
-            }
-            None => {
-                cluster.insert(SHARDS_KEY, encode(&cfg.shards)?).map_err(StoreError::from)?;
-            }
-        }
-        let config = openraft::Config {
-            cluster_name: "homeport".into(),
-            heartbeat_interval: cfg.heartbeat_ms,
-            election_timeout_min: cfg.election_timeout_ms,
-            election_timeout_max: cfg.election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
-            max_in_snapshot_log_to_keep: cfg.keep_logs,
-            ..Default::default()
+        let opts = StartOptions {
+            node: 1,
+            cluster: "homeport".into(),
+            initial: Initial::Single(String::new()),
+            write_timeout: Duration::from_secs(5),
+            preferred: Vec::new(),
         };
-        let config = Arc::new(
-            config
-                .validate()
-                .map_err(|e| RaftStartError::Group { group: 0, reason: e.to_string() })?,
-        );
+        Groups::start(store, log, cfg, opts, |_| LocalOnly, metrics).await
+    }
+
+    /// Opens every group. A fresh directory initializes them from `opts.initial`; a single
+    /// node then waits until it leads each group (a restarted single voter elects itself
+    /// after one election timeout). Cluster nodes do not wait: their groups elect leaders
+    /// as peers come up. State machines live in `store`, logs (and votes) in `log`, which
+    /// may be a separate database so that appends flush only logs.
+    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(
+        store: &Store,
+        log: &Store,
+        cfg: &RaftConfig,
+        opts: StartOptions,
+        network: impl Fn(GroupId) -> N,
+        metrics: Arc<Metrics>,
+    ) -> Result<Groups, RaftStartError> {
+        let fresh = check_identity(store, cfg, &opts)?;
+        let config = |g: GroupId| {
+            let preferred = opts.preferred.get(g as usize).copied().unwrap_or(true);
+            // A node that should not lead this group waits longer before it stands.
+            let (min, max) = if preferred {
+                (cfg.election_timeout_ms, cfg.election_timeout_ms * 3 / 2)
+            } else {
+                (cfg.election_timeout_ms * 3 / 2, cfg.election_timeout_ms * 3)
+            };
+            openraft::Config {
+                cluster_name: opts.cluster.clone(),
+                heartbeat_interval: cfg.heartbeat_ms,
+                election_timeout_min: min,
+                election_timeout_max: max,
+                max_payload_entries: cfg.max_payload_entries,
+                install_snapshot_timeout: cfg.snapshot_timeout_ms,
+                snapshot_max_chunk_size: cfg.snapshot_chunk_bytes,
+                snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
+                max_in_snapshot_log_to_keep: cfg.keep_logs,
+                ..Default::default()
+            }
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| RaftStartError::Group { group: g, reason: e.to_string() })
+        };
+        let forward = Arc::new(std::sync::OnceLock::new());
+        let write_timeout = opts.write_timeout;
+        // The lease: a leader that heard from no quorum for longer than the longest
+        // election timeout may have been replaced already.
+        let lease = Duration::from_millis(cfg.election_timeout_ms * 3);
         let mut groups = Vec::with_capacity(cfg.shards as usize + 1);
         for g in 0..=cfg.shards {
             let err = |reason: String| RaftStartError::Group { group: g, reason };
@@ -258,16 +294,36 @@ impl Groups {
             let sm = StateMachine::open(store, g)?;
             let data = sm.tree();
             let access_epoch = sm.access_epoch();
-            let raft = Raft::new(cfg.node_id, config.clone(), LocalOnly, log_store, sm)
+            let raft = Raft::new(opts.node, config(g)?, network(g), log_store, sm)
                 .await
                 .map_err(|e| err(e.to_string()))?;
             if !raft.is_initialized().await.map_err(|e| err(e.to_string()))? {
-                let members = BTreeMap::from([(cfg.node_id, BasicNode::default())]);
-                raft.initialize(members).await.map_err(|e| err(e.to_string()))?;
+                let members = match &opts.initial {
+                    Initial::Single(addr) => {
+                        Some(BTreeMap::from([(opts.node, BasicNode::new(addr.clone()))]))
+                    }
+                    Initial::Static(per_group) => per_group
+                        .get(g as usize)
+                        .filter(|m| fresh && m.contains_key(&opts.node))
+                        .cloned(),
+                    Initial::Join => None,
+                };
+                if let Some(members) = members {
+                    raft.initialize(members).await.map_err(|e| err(e.to_string()))?;
+                }
             }
             let (proposals, rx) = mpsc::unbounded_channel();
             let (done_tx, done) = watch::channel(0);
-            tokio::spawn(proposer(g, raft.clone(), rx, done_tx, metrics.clone()));
+            let p = proposer::Proposer {
+                group: g,
+                node: opts.node,
+                raft: raft.clone(),
+                write_timeout,
+                lease,
+                forward: forward.clone(),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(p.run(rx, done_tx));
             groups.push(Group {
                 raft,
                 data,
@@ -276,19 +332,41 @@ impl Groups {
                 access_epoch,
             });
         }
-        for (g, group) in groups.iter().enumerate() {
-            // A restarted single voter elects itself after one election timeout.
-            group
-                .raft
-                .wait(Some(Duration::from_secs(30)))
-                .state(ServerState::Leader, "single voter leads")
-                .await
-                .map_err(|e| RaftStartError::Group {
-                    group: g as GroupId,
-                    reason: e.to_string(),
-                })?;
+        if matches!(opts.initial, Initial::Single(_)) {
+            for (g, group) in groups.iter().enumerate() {
+                group
+                    .raft
+                    .wait(Some(Duration::from_secs(30)))
+                    .state(ServerState::Leader, "single voter leads")
+                    .await
+                    .map_err(|e| RaftStartError::Group {
+                        group: g as GroupId,
+                        reason: e.to_string(),
+                    })?;
+            }
         }
-        Ok(Groups { groups, metrics })
+        Ok(Groups {
+            node: opts.node,
+            groups,
+            metrics,
+            forward,
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+        })
+    }
+
+    /// Where batches for groups led elsewhere go (set once, by the cluster).
+    pub fn set_forward(&self, f: Arc<dyn Forward>) {
+        let _ = self.forward.set(f);
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Raft's heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
     }
 
     /// Moves whenever the meta group applies a change to credentials, certificates,
@@ -302,9 +380,29 @@ impl Groups {
         (self.groups.len() - 1) as u32
     }
 
+    /// Every group id, the meta group first.
+    pub fn ids(&self) -> impl Iterator<Item = GroupId> {
+        0..self.groups.len() as GroupId
+    }
+
     /// The shard group of a device.
     pub fn shard_of(&self, device: &str) -> GroupId {
         shard_of(device, self.shards())
+    }
+
+    /// The openraft handle of a group.
+    pub fn raft(&self, group: GroupId) -> Option<&Raft> {
+        self.groups.get(group as usize).map(|g| &g.raft)
+    }
+
+    /// Whether this node leads `group` now (as far as it knows).
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.raft(group).is_some_and(|r| r.metrics().borrow().state == ServerState::Leader)
+    }
+
+    /// The leader of `group` as this node knows it.
+    pub fn leader(&self, group: GroupId) -> Option<u64> {
+        self.raft(group).and_then(|r| r.metrics().borrow().current_leader)
     }
 
     /// The applied data of a group, for reads by the group's single writer.
@@ -313,7 +411,7 @@ impl Groups {
     }
 
     /// Proposes `cmd` to `group` and waits until it is committed (durable on a majority)
-    /// and applied here. Commands of many callers share a log entry (see [`proposer`]).
+    /// and applied on the leader. Commands of many callers share a log entry.
     pub async fn write(&self, group: GroupId, cmd: Command) -> Result<Response, WriteError> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
@@ -336,6 +434,10 @@ impl Groups {
     /// writer need not wait for one write before it submits the next. Returns the
     /// command's ticket (see [`Groups::settled`]).
     pub fn submit(&self, group: GroupId, cmd: Command, reply: Reply) -> Ticket {
+        self.enqueue(group, cmd, reply, false)
+    }
+
+    fn enqueue(&self, group: GroupId, cmd: Command, reply: Reply, local_only: bool) -> Ticket {
         let Some(g) = self.groups.get(group as usize) else {
             reply.send(Err(WriteError::Unavailable { group, reason: "no such group".into() }));
             return 0;
@@ -343,11 +445,35 @@ impl Groups {
         let mut p = g.proposals.lock();
         p.0 += 1;
         let ticket = p.0;
-        if let Err(e) = p.1.send((ticket, cmd, reply)) {
-            let (_, _, reply) = e.0;
-            reply.send(Err(WriteError::Unavailable { group, reason: "group stopped".into() }));
+        let pending = proposer::Pending { ticket, cmd, reply, local_only };
+        if let Err(e) = p.1.send(pending) {
+            e.0.reply.send(Err(WriteError::Unavailable { group, reason: "group stopped".into() }));
         }
         ticket
+    }
+
+    /// Proposes commands another node forwarded, in order, on this node only (they are
+    /// not forwarded again: if this node does not lead the group they fail with
+    /// [`WriteError::NotLeader`]). One answer per command.
+    pub async fn propose_forwarded(
+        &self,
+        group: GroupId,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Response>, WriteError> {
+        let mut waits = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(group, cmd, Reply::Response(tx), true);
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            let res = rx.await.unwrap_or_else(|_| {
+                Err(WriteError::Unavailable { group, reason: "group stopped".into() })
+            });
+            out.push(res?);
+        }
+        Ok(out)
     }
 
     /// Waits until the command with `ticket` (and every one submitted before it) has been
@@ -368,6 +494,59 @@ impl Groups {
     pub async fn settle_all(&self) {
         for g in 0..self.groups.len() as GroupId {
             self.settled(g, self.last_ticket(g)).await;
+        }
+    }
+
+    /// Waits until this node's copy of `group` has applied everything committed before
+    /// the call, as confirmed by the group's leader with a quorum (a read barrier). On
+    /// the leader that is `ensure_linearizable`; elsewhere `leader_read` asks the leader
+    /// for its read index.
+    pub async fn read_barrier(
+        &self,
+        group: GroupId,
+        timeout: Duration,
+        leader_read: impl std::future::Future<Output = Result<Option<u64>, WriteError>>,
+    ) -> Result<(), WriteError> {
+        let Some(raft) = self.raft(group) else {
+            return Err(WriteError::Unavailable { group, reason: "no such group".into() });
+        };
+        let unavailable = |reason: String| WriteError::Unavailable { group, reason };
+        let index = if self.is_leader(group) {
+            match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+                Ok(Ok(id)) => id.map(|l| l.index),
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("read barrier timed out".into())),
+            }
+        } else {
+            tokio::time::timeout(timeout, leader_read)
+                .await
+                .map_err(|_| unavailable("read index timed out".into()))??
+        };
+        let Some(index) = index else { return Ok(()) };
+        let mut m = raft.metrics();
+        let reached = tokio::time::timeout(
+            timeout,
+            m.wait_for(|m| m.last_applied.is_some_and(|a| a.index >= index)),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(unavailable(format!("did not apply up to {index} in time"))),
+        }
+    }
+
+    /// The log index a follower must have applied to read linearizably, answered on the
+    /// leader after it confirmed its leadership with a quorum.
+    pub async fn read_index(&self, group: GroupId) -> Result<Option<u64>, WriteError> {
+        let raft = self
+            .raft(group)
+            .ok_or(WriteError::Unavailable { group, reason: "no such group".into() })?;
+        match raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map(|l| l.index)),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(_),
+            )) => Err(WriteError::NotLeader(group)),
+            Err(e) => Err(WriteError::Unavailable { group, reason: e.to_string() }),
         }
     }
 

@@ -62,7 +62,8 @@ async fn groups_write_snapshot_compact_and_reopen() {
     let shard = shard_of(thing, 4);
     {
         let store = Store::open(dir.path(), Arc::new(Metrics::new())).unwrap();
-        let groups = Groups::start(&store, &store, &cfg, Arc::new(Metrics::new())).await.unwrap();
+        let groups =
+            Groups::start_single(&store, &store, &cfg, Arc::new(Metrics::new())).await.unwrap();
         assert_eq!(groups.shard_of(thing), shard);
         let mut expect = None;
         for v in 1..=60u64 {
@@ -93,10 +94,11 @@ async fn groups_write_snapshot_compact_and_reopen() {
     let store = Store::open(dir.path(), Arc::new(Metrics::new())).unwrap();
     let wrong = RaftConfig { shards: 8, ..cfg.clone() };
     assert!(matches!(
-        Groups::start(&store, &store, &wrong, Arc::new(Metrics::new())).await,
+        Groups::start_single(&store, &store, &wrong, Arc::new(Metrics::new())).await,
         Err(RaftStartError::ShardCountChanged { stored: 4, configured: 8 })
     ));
-    let groups = Groups::start(&store, &store, &cfg, Arc::new(Metrics::new())).await.unwrap();
+    let groups =
+        Groups::start_single(&store, &store, &cfg, Arc::new(Metrics::new())).await.unwrap();
     let data = groups.data(shard).unwrap();
     let s = machine::read_shadow(data, thing, "").unwrap().unwrap();
     assert_eq!(s.version, 60);

@@ -82,6 +82,8 @@ pub enum Command {
     PutAuth { key: AuthKey, expect: Option<u64>, value: Option<AuthRecord> },
     /// Appends to the audit log, dropping the entry `keep` behind the new one. Meta group.
     Audit { entry: AuditEntry, keep: u64 },
+    /// Cluster members and group placement (`crate::cluster::records`). Meta group.
+    Cluster(crate::cluster::records::ClusterCommand),
     /// Many proposers' commands in one log entry (one append, one flush), applied in
     /// order; each sees the writes of those before it.
     Batch(Vec<Command>),

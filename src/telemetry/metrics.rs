@@ -127,6 +127,8 @@ pub struct Metrics {
     pub raft_write_seconds: Histogram,
     /// Commands carried by one Raft log entry (batching of many devices' writes).
     pub raft_batch: Histogram,
+    /// Write batches sent to the group's leader on another node, by result.
+    pub raft_forwarded: IntCounterVec,
     /// Shadow requests by operation and outcome (`accepted`, or the rejection code).
     pub shadow_requests: IntCounterVec,
     /// Jobs requests and service calls by operation and outcome.
@@ -287,6 +289,11 @@ impl Metrics {
                 "Time from proposing a Raft command to its being applied",
                 prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
             ),
+            raft_forwarded: counter_vec(
+                "homeport_raft_forwarded_writes_total",
+                "Write batches sent to the group's leader on another node, by result",
+                &["result"],
+            ),
             raft_batch: histogram(
                 "homeport_raft_batch_commands",
                 "Commands carried by one Raft log entry",
@@ -385,6 +392,11 @@ impl Metrics {
 
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
         self.drops[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)].get()
+    }
+
+    /// The registry, for components that register metrics of their own (the cluster).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Prometheus text exposition format.

@@ -2,6 +2,7 @@
 //! the OS, and small client helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod process;
 pub mod raw;
 

@@ -1,0 +1,399 @@
+//! The cluster's background work, each a loop on `cluster.placement_interval_ms`:
+//!
+//! - **registration**: a node registers itself (its addresses) in the meta group at every
+//!   start; a node that joins first asks a running node (`Request::Join`) until the meta
+//!   group has added it.
+//! - **address book**: member records tell the transport where peers are; removed
+//!   members are forgotten (and refused at the hello).
+//! - **controller** (the meta group's leader only): adopts the placement groups have
+//!   when none is stored, promotes caught-up joining members to active, and moves
+//!   placement toward [`super::placement::plan`] one group at a time, only once every
+//!   group's membership matches its stored placement (a move in progress finishes
+//!   first; a crash of any node resumes from what is stored and what the groups have).
+//! - **reconciler** (every node, for each group it leads): takes one membership step
+//!   toward the stored placement: add a missing node as learner; once every voter-to-be
+//!   is caught up, replace the voters (joint consensus); drop nodes that are neither.
+//!   The meta group also keeps every other member as a learner, so every node can read
+//!   the registry, credentials and policies locally.
+//! - **metrics**: group and link gauges.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio::sync::watch;
+
+use super::placement;
+use super::records::{self, ClusterCommand, MemberState};
+use super::transport::Class;
+use super::wire::{Answer, MemberInfo, NodeId, NodeStatus, Request};
+use super::Cluster;
+use crate::raft::{Command, GroupId, Response};
+
+/// A learner this many entries behind the leader (or closer) counts as caught up.
+const CAUGHT_UP_LAG: u64 = 64;
+
+/// Runs `f` every `every` until `shutdown` flips.
+pub(super) fn every<F, Fut>(every: Duration, mut shutdown: watch::Receiver<bool>, mut f: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if stop {
+                return;
+            }
+            f().await;
+        }
+    });
+}
+
+impl Cluster {
+    /// Whether the meta group already has this node as a member (voter or learner).
+    fn in_meta(&self) -> bool {
+        self.groups.raft(0).is_some_and(|r| {
+            r.metrics().borrow().membership_config.membership().get_node(&self.me.id).is_some()
+        })
+    }
+
+    /// Registers this node; a joining node first asks its join addresses to let it in.
+    /// Returns once registered (retries until then).
+    pub(super) async fn register(
+        self: Arc<Self>,
+        state: MemberState,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let done = if !self.in_meta() && !self.cfg.join.is_empty() {
+                self.ask_to_join().await
+            } else {
+                let cmd =
+                    Command::Cluster(ClusterCommand::Register { info: self.me.clone(), state });
+                match self.groups.write(0, cmd).await {
+                    Ok(Response::Applied) => true,
+                    Ok(Response::Conflict { .. }) => {
+                        tracing::error!(
+                            message = "this node was removed from the cluster; it serves nothing until its data directory is replaced",
+                            node = self.me.id
+                        );
+                        true
+                    }
+                    Ok(_) | Err(_) => false,
+                }
+            };
+            if done && self.in_meta() {
+                tracing::info!(message = "registered in the cluster", node = self.me.id);
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn ask_to_join(&self) -> bool {
+        for addr in &self.cfg.join {
+            let req = Request::Join(self.me.clone());
+            match self.transport.call_address(addr, req, self.rpc_timeout()).await {
+                Ok((via, Answer::Joined { members })) => {
+                    for m in &members {
+                        self.transport.learn(m.id, &m.cluster_addr);
+                    }
+                    tracing::info!(
+                        message = "join accepted; waiting to be added",
+                        via,
+                        members = members.len()
+                    );
+                    return true;
+                }
+                Ok((via, other)) => {
+                    tracing::warn!(message = "unexpected join answer", via, answer = ?other)
+                }
+                Err(e) => {
+                    tracing::warn!(message = "join attempt failed", address = %addr, error = %e)
+                }
+            }
+        }
+        false
+    }
+
+    /// Keeps the transport's address book in step with the member records.
+    pub(super) fn sync_addresses(&self) {
+        let Some(data) = self.groups.data(0) else { return };
+        let Ok(members) = records::members(data) else { return };
+        for m in members {
+            if m.info.id == self.me.id {
+                continue;
+            }
+            if m.state == MemberState::Removed {
+                self.transport.forget(m.info.id);
+            } else {
+                self.transport.learn(m.info.id, &m.info.cluster_addr);
+            }
+        }
+    }
+
+    /// Every node's status (this one's included), asked in parallel.
+    pub async fn gather(&self) -> Vec<(NodeId, Option<NodeStatus>)> {
+        let ids: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.state != MemberState::Removed)
+            .map(|m| m.info.id)
+            .chain(std::iter::once(self.me.id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let asks = ids.iter().map(|id| {
+            let t = self.transport.clone();
+            let timeout = self.rpc_timeout().min(Duration::from_secs(1));
+            async move {
+                match t.call(*id, Class::Raft, Request::Status, timeout).await {
+                    Ok(Answer::Status(s)) => Some(s),
+                    _ => None,
+                }
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        ids.into_iter().zip(answers).collect()
+    }
+
+    /// The meta leader's placement work for one tick.
+    pub(super) async fn control(&self) {
+        if !self.groups.is_leader(0) {
+            return;
+        }
+        let Some(meta) = self.groups.data(0) else { return };
+        let (Ok(members), Ok(stored)) = (records::members(meta), records::placements(meta)) else {
+            return;
+        };
+        self.promote_joiners(&members).await;
+        let statuses = self.gather().await;
+        // Each group's membership as its leader (highest term) reports it.
+        let mut actual: BTreeMap<GroupId, (u64, Vec<NodeId>)> = BTreeMap::new();
+        for s in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+            for g in s.groups.iter().filter(|g| g.role == "leader") {
+                let better = actual.get(&g.group).is_none_or(|(t, _)| g.term > *t);
+                if better {
+                    actual.insert(g.group, (g.term, g.voters.clone()));
+                }
+            }
+        }
+        let stored: BTreeMap<GroupId, records::Placement> = stored.into_iter().collect();
+        let all: Vec<GroupId> = self.groups.ids().collect();
+        let set = |v: &[NodeId]| v.iter().copied().collect::<BTreeSet<_>>();
+        let mut moving = Vec::new();
+        for g in &all {
+            match (stored.get(g), actual.get(g)) {
+                (None, Some((_, voters))) => {
+                    // A group formed before placement was stored: adopt what it has.
+                    let cmd = Command::Cluster(ClusterCommand::PutPlacement {
+                        group: *g,
+                        voters: voters.clone(),
+                        expect: None,
+                    });
+                    let _ = self.groups.write(0, cmd).await;
+                    self.metrics.membership_changes.with_label_values(&["adopt"]).inc();
+                    return;
+                }
+                (Some(p), Some((_, voters))) if set(&p.voters) != set(voters) => moving.push(*g),
+                (_, None) => moving.push(*g),
+                _ => {}
+            }
+        }
+        *self.moving.lock() = moving.clone();
+        if !moving.is_empty() {
+            return;
+        }
+        let current: placement::Plan = stored.iter().map(|(g, p)| (*g, p.voters.clone())).collect();
+        let states: Vec<(NodeId, MemberState)> =
+            members.iter().map(|m| (m.info.id, m.state)).collect();
+        let plan = placement::plan(&all, &states, &current, self.cfg.replication_factor);
+        for g in &all {
+            let (Some(want), Some(have)) = (plan.get(g), stored.get(g)) else { continue };
+            if want != &have.voters {
+                let moves = set(want) != set(&have.voters);
+                tracing::info!(message = "placement change", group = g, from = ?have.voters, to = ?want);
+                let cmd = Command::Cluster(ClusterCommand::PutPlacement {
+                    group: *g,
+                    voters: want.clone(),
+                    expect: Some(have.version),
+                });
+                if self.groups.write(0, cmd).await.is_ok() {
+                    let kind = if moves { "placement_move" } else { "leader_preference" };
+                    self.metrics.membership_changes.with_label_values(&[kind]).inc();
+                }
+                if moves {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A joining member that the meta group has caught up becomes active.
+    async fn promote_joiners(&self, members: &[records::Member]) {
+        let Some(raft) = self.groups.raft(0) else { return };
+        let m = raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        for j in members.iter().filter(|m| m.state == MemberState::Joining) {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&j.info.id).copied().flatten())
+                .map(|l| l.index);
+            if matched.is_some_and(|i| i + CAUGHT_UP_LAG >= last) {
+                let cmd = Command::Cluster(ClusterCommand::SetState {
+                    id: j.info.id,
+                    state: MemberState::Active,
+                    expect: j.version,
+                });
+                if let Ok(Response::Applied) = self.groups.write(0, cmd).await {
+                    tracing::info!(message = "member active", node = j.info.id);
+                }
+            }
+        }
+    }
+
+    /// One membership step for each group this node leads.
+    pub(super) async fn reconcile(&self) {
+        let Some(meta) = self.groups.data(0) else { return };
+        let (Ok(members), Ok(stored)) = (records::members(meta), records::placements(meta)) else {
+            return;
+        };
+        let info: BTreeMap<NodeId, &MemberInfo> = members
+            .iter()
+            .filter(|m| m.state != MemberState::Removed)
+            .map(|m| (m.info.id, &m.info))
+            .collect();
+        for (g, p) in stored {
+            let Some(raft) = self.groups.raft(g) else { continue };
+            let m = raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let membership = m.membership_config.membership().clone();
+            if membership.get_joint_config().len() > 1 {
+                continue; // a change is being committed
+            }
+            let voters_want: BTreeSet<NodeId> =
+                p.voters.iter().copied().filter(|v| info.contains_key(v)).collect();
+            if voters_want.is_empty() {
+                continue;
+            }
+            let learners_want: BTreeSet<NodeId> = if g == 0 {
+                info.keys().copied().filter(|id| !voters_want.contains(id)).collect()
+            } else {
+                BTreeSet::new()
+            };
+            let nodes: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let step = async {
+                if let Some(add) = voters_want.union(&learners_want).find(|id| !nodes.contains(id))
+                {
+                    let addr = info.get(add).map(|i| i.cluster_addr.clone()).unwrap_or_default();
+                    tracing::info!(message = "adding learner", group = g, node = add);
+                    return raft
+                        .add_learner(*add, BasicNode::new(addr), false)
+                        .await
+                        .map(|_| "add_learner");
+                }
+                if voters != voters_want {
+                    let last = m.last_log_index.unwrap_or(0);
+                    let caught_up = voters_want.iter().all(|id| {
+                        *id == self.me.id
+                            || m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(id).copied().flatten())
+                                .is_some_and(|l| l.index + CAUGHT_UP_LAG >= last)
+                    });
+                    if !caught_up {
+                        return Ok("waiting");
+                    }
+                    tracing::info!(message = "changing voters", group = g, from = ?voters, to = ?voters_want);
+                    return raft
+                        .change_membership(
+                            ChangeMembers::ReplaceAllVoters(voters_want.clone()),
+                            true,
+                        )
+                        .await
+                        .map(|_| "replace_voters");
+                }
+                let extra: BTreeSet<NodeId> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|id| !voters_want.contains(id) && !learners_want.contains(id))
+                    .collect();
+                if !extra.is_empty() {
+                    tracing::info!(message = "removing nodes", group = g, nodes = ?extra);
+                    return raft
+                        .change_membership(ChangeMembers::RemoveNodes(extra), false)
+                        .await
+                        .map(|_| "remove_nodes");
+                }
+                Ok("none")
+            };
+            match tokio::time::timeout(Duration::from_secs(10), step).await {
+                Ok(Ok(kind)) if kind != "none" && kind != "waiting" => {
+                    self.metrics.membership_changes.with_label_values(&[kind]).inc();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(message = "membership step failed", group = g, error = %e)
+                }
+                Err(_) => tracing::warn!(message = "membership step timed out", group = g),
+            }
+        }
+    }
+
+    /// Refreshes the group and link gauges.
+    pub(super) fn update_metrics(&self) {
+        let m = &self.metrics;
+        for g in self.groups.ids() {
+            let Some(s) = super::service::group_status(&self.groups, g) else { continue };
+            let label = g.to_string();
+            let l = [label.as_str()];
+            m.group_leader.with_label_values(&l).set(i64::from(s.role == "leader"));
+            m.group_leader_id.with_label_values(&l).set(s.leader.unwrap_or(0) as i64);
+            m.group_term.with_label_values(&l).set(s.term as i64);
+            m.group_last_log.with_label_values(&l).set(s.last_log.unwrap_or(0) as i64);
+            m.group_commit.with_label_values(&l).set(s.committed.unwrap_or(0) as i64);
+            m.group_applied.with_label_values(&l).set(s.applied.unwrap_or(0) as i64);
+            m.group_voters.with_label_values(&l).set(s.voters.len() as i64);
+            if s.role == "leader" {
+                let last = s.last_log.unwrap_or(0);
+                for (f, matched) in &s.matched {
+                    if *f == self.me.id {
+                        continue;
+                    }
+                    let lag = last.saturating_sub(matched.unwrap_or(0));
+                    m.follower_lag.with_label_values(&[&label, &f.to_string()]).set(lag as i64);
+                }
+                m.quorum_ack_age
+                    .with_label_values(&l)
+                    .set(s.quorum_ack_ms.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0));
+            }
+        }
+        for (peer, rtt, stats) in self.transport.links() {
+            let p = peer.to_string();
+            let l = [p.as_str()];
+            m.peer_rtt.with_label_values(&l).set(rtt.as_secs_f64());
+            m.peer_sent.with_label_values(&l).set(stats.udp_tx.bytes as i64);
+            m.peer_received.with_label_values(&l).set(stats.udp_rx.bytes as i64);
+            m.peer_lost_packets.with_label_values(&l).set(stats.path.lost_packets as i64);
+        }
+    }
+}

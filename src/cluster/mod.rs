@@ -1,0 +1,315 @@
+//! The cluster: nodes that replicate the Raft groups over QUIC.
+//!
+//! Owns: the transport ([`transport`], [`wire`], [`certs`], [`faults`]), openraft's
+//! network over it ([`raft_net`]), what peers are answered ([`service`]), the members and
+//! placement records in the meta group ([`records`]), where voters go ([`placement`]),
+//! and the loops that keep membership in step with placement ([`control`]).
+//! Must not touch: MQTT, shadows or jobs; device calls that cross nodes come in as
+//! [`wire::DeviceCall`] and are run by whatever [`service::DeviceCalls`] the node sets.
+//!
+//! A node without `cluster.bind` has no [`Cluster`] at all: its groups use
+//! `raft::LocalOnly` and it behaves as the single node it always was.
+
+pub mod certs;
+mod control;
+pub mod faults;
+mod metrics;
+pub mod placement;
+pub mod raft_net;
+pub mod records;
+pub mod service;
+pub mod transport;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use tokio::sync::watch;
+
+pub use metrics::ClusterMetrics;
+pub use records::{Member, MemberState};
+
+use crate::config::ClusterConfig;
+use crate::raft::{Command, GroupId, Groups, Initial, Response, WriteError};
+use records::ClusterCommand;
+use service::{ClusterService, DeviceCalls, Forwarder};
+use transport::{Class, Transport, TransportOptions};
+use wire::{Answer, MemberInfo, NodeId, Request};
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+}
+
+/// Why an operator's request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no member {0}")]
+    NoSuchMember(NodeId),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// Starts the transport for a cluster node (before the groups, whose network it is).
+pub fn start_transport(
+    cfg: &ClusterConfig,
+    node: NodeId,
+    metrics: &crate::telemetry::Metrics,
+) -> Result<(Arc<Transport>, Arc<ClusterMetrics>), ClusterError> {
+    let identity = match (&cfg.ca, &cfg.cert, &cfg.key) {
+        (Some(ca), Some(cert), Some(key)) => certs::load(ca, cert, key, &cfg.name, node)?,
+        _ => {
+            tracing::warn!(
+                message = "!!! cluster.insecure_dev: peers are NOT authenticated; any host that reaches cluster.bind can join and read everything !!!",
+                bind = ?cfg.bind
+            );
+            certs::insecure_identity(&cfg.name, node)?
+        }
+    };
+    let insecure = cfg.ca.is_none();
+    let bind = cfg.bind.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+    let advertise = cfg.advertised().unwrap_or_else(|| bind.to_string());
+    let cm = Arc::new(ClusterMetrics::new(metrics.registry()));
+    let opts = TransportOptions { node, cluster: cfg.name.clone(), bind, advertise, insecure };
+    let t = Transport::start(opts, &identity, cm.clone())?;
+    for m in &cfg.initial_members {
+        t.learn(m.id, &m.addr);
+    }
+    Ok((t, cm))
+}
+
+/// How a fresh data directory initializes its groups, and which groups this node
+/// should lead, from the configuration.
+pub fn initial(cfg: &ClusterConfig, node: NodeId, groups: u32) -> (Initial, Vec<bool>) {
+    let all: Vec<GroupId> = (0..groups).collect();
+    if !cfg.initial_members.is_empty() {
+        let members: Vec<_> =
+            cfg.initial_members.iter().map(|m| (m.id, MemberState::Active)).collect();
+        let addr: BTreeMap<NodeId, String> =
+            cfg.initial_members.iter().map(|m| (m.id, m.addr.clone())).collect();
+        let plan = placement::plan(&all, &members, &placement::Plan::new(), cfg.replication_factor);
+        let per_group = all
+            .iter()
+            .map(|g| {
+                plan.get(g)
+                    .into_iter()
+                    .flatten()
+                    .map(|id| (*id, BasicNode::new(addr.get(id).cloned().unwrap_or_default())))
+                    .collect()
+            })
+            .collect();
+        let preferred =
+            all.iter().map(|g| plan.get(g).and_then(|v| v.first()) == Some(&node)).collect();
+        (Initial::Static(per_group), preferred)
+    } else if !cfg.join.is_empty() {
+        (Initial::Join, Vec::new())
+    } else {
+        (Initial::Single(cfg.advertised().unwrap_or_default()), Vec::new())
+    }
+}
+
+/// A running cluster node's cluster side.
+pub struct Cluster {
+    pub transport: Arc<Transport>,
+    groups: Arc<Groups>,
+    cfg: ClusterConfig,
+    me: MemberInfo,
+    metrics: Arc<ClusterMetrics>,
+    service: Arc<ClusterService>,
+    /// The meta group answered a read barrier lately (this node is on the majority side).
+    meta_ok: Arc<AtomicBool>,
+    meta_ok_at: Arc<AtomicU64>,
+    started: Instant,
+    /// Groups whose membership does not match their placement yet (controller's view).
+    moving: parking_lot::Mutex<Vec<GroupId>>,
+}
+
+impl Cluster {
+    /// Answers peers and forwards writes; starts the background loops. `me` holds this
+    /// node's addresses; it registers itself with `state` (active for static members
+    /// and a first node, joining for a node that joins).
+    pub fn start(
+        transport: Arc<Transport>,
+        groups: Arc<Groups>,
+        cfg: ClusterConfig,
+        me: MemberInfo,
+        metrics: Arc<ClusterMetrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Cluster> {
+        let meta_ok = Arc::new(AtomicBool::new(false));
+        let ok = meta_ok.clone();
+        let service = Arc::new(ClusterService {
+            groups: Arc::downgrade(&groups),
+            incarnation: transport.incarnation(),
+            ready: Arc::new(move || ok.load(Ordering::Acquire)),
+            devices: std::sync::OnceLock::new(),
+        });
+        transport.set_service(service.clone());
+        groups.set_forward(Arc::new(Forwarder { transport: transport.clone() }));
+        let c = Arc::new(Cluster {
+            transport,
+            groups,
+            cfg,
+            me,
+            metrics,
+            service,
+            meta_ok,
+            meta_ok_at: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            moving: parking_lot::Mutex::new(Vec::new()),
+        });
+        let state = if c.cfg.join.is_empty() { MemberState::Active } else { MemberState::Joining };
+        tokio::spawn(c.clone().register(state, shutdown.clone()));
+        let tick = Duration::from_millis(c.cfg.placement_interval_ms);
+        let s = c.clone();
+        control::every(tick, shutdown.clone(), move || {
+            let s = s.clone();
+            async move {
+                s.sync_addresses();
+                s.update_metrics();
+            }
+        });
+        let s = c.clone();
+        control::every(tick, shutdown.clone(), move || {
+            let s = s.clone();
+            async move { s.control().await }
+        });
+        let s = c.clone();
+        control::every(tick, shutdown.clone(), move || {
+            let s = s.clone();
+            async move { s.reconcile().await }
+        });
+        let s = c.clone();
+        control::every(Duration::from_millis(500), shutdown, move || {
+            let s = s.clone();
+            async move { s.check_meta().await }
+        });
+        c
+    }
+
+    /// Sets what runs device calls from peers (once).
+    pub fn set_devices(&self, d: Arc<dyn DeviceCalls>) {
+        let _ = self.service.devices.set(d);
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.me.id
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.rpc_timeout_ms)
+    }
+
+    /// Confirms with the meta group's leader that this node is on the majority side.
+    async fn check_meta(&self) {
+        let t = self.transport.clone();
+        let leader = self.groups.leader(0);
+        let timeout = Duration::from_secs(1);
+        let ask = async move {
+            let Some(l) = leader else {
+                return Err(WriteError::Unavailable { group: 0, reason: "no leader".into() });
+            };
+            match t.call(l, Class::Raft, Request::ReadIndex { group: 0 }, timeout).await {
+                Ok(Answer::ReadIndex(i)) => Ok(i),
+                Ok(_) => Err(WriteError::Unavailable { group: 0, reason: "bad answer".into() }),
+                Err(e) => Err(WriteError::Unavailable { group: 0, reason: e.to_string() }),
+            }
+        };
+        let ok = self.groups.read_barrier(0, timeout, ask).await.is_ok();
+        if ok {
+            self.meta_ok_at.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+        }
+        let fresh = self.started.elapsed().as_millis() as u64
+            - self.meta_ok_at.load(Ordering::Acquire)
+            < 2000;
+        self.meta_ok
+            .store(ok || (fresh && self.meta_ok_at.load(Ordering::Acquire) > 0), Ordering::Release);
+    }
+
+    /// Whether this node is on the majority side of the meta group (checked twice a
+    /// second); `/readyz` is false without it.
+    pub fn healthy(&self) -> bool {
+        self.meta_ok.load(Ordering::Acquire)
+    }
+
+    /// Members as this node's copy of the meta group has them.
+    pub fn members(&self) -> Vec<Member> {
+        self.groups.data(0).and_then(|d| records::members(d).ok()).unwrap_or_default()
+    }
+
+    /// Stored placements.
+    pub fn placements(&self) -> Vec<(GroupId, records::Placement)> {
+        self.groups.data(0).and_then(|d| records::placements(d).ok()).unwrap_or_default()
+    }
+
+    /// Groups whose membership is being changed toward their placement.
+    pub fn moving(&self) -> Vec<GroupId> {
+        self.moving.lock().clone()
+    }
+
+    /// Sets a member's state (drain, undrain, remove) if the change is safe.
+    pub async fn set_state(&self, id: NodeId, state: MemberState) -> Result<Member, ControlError> {
+        let m = self
+            .members()
+            .into_iter()
+            .find(|m| m.info.id == id)
+            .ok_or(ControlError::NoSuchMember(id))?;
+        if m.state == MemberState::Removed {
+            return Err(ControlError::Refused(format!("node {id} is already removed")));
+        }
+        if state == MemberState::Removed {
+            self.check_removal(id).await?;
+        }
+        let cmd = Command::Cluster(ClusterCommand::SetState { id, state, expect: m.version });
+        match self.groups.write(0, cmd).await? {
+            Response::Applied => Ok(Member { state, version: m.version + 1, ..m }),
+            _ => Err(ControlError::Refused(format!("node {id} changed meanwhile; try again"))),
+        }
+    }
+
+    /// A node may be removed only if every group it votes in keeps a majority of live
+    /// voters without it.
+    async fn check_removal(&self, id: NodeId) -> Result<(), ControlError> {
+        let statuses = self.gather().await;
+        let live: std::collections::BTreeSet<NodeId> =
+            statuses.iter().filter(|(_, s)| s.is_some()).map(|(id, _)| *id).collect();
+        let mut groups = BTreeMap::new();
+        for s in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+            for g in s.groups.iter().filter(|g| g.role == "leader") {
+                groups.insert(g.group, g.voters.clone());
+            }
+        }
+        for g in self.groups.ids() {
+            let Some(voters) = groups.get(&g) else {
+                return Err(ControlError::Refused(format!(
+                    "group {g} has no leader now; removing node {id} could lose its majority"
+                )));
+            };
+            if !voters.contains(&id) {
+                continue;
+            }
+            let rest: Vec<_> = voters.iter().filter(|v| **v != id).collect();
+            let up = rest.iter().filter(|v| live.contains(v)).count();
+            if rest.is_empty() || up * 2 <= rest.len() {
+                return Err(ControlError::Refused(format!(
+                    "group {g} would be left with {up} live voters of {}: no majority",
+                    rest.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

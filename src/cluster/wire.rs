@@ -1,0 +1,284 @@
+//! The cluster's wire format: what nodes say to each other over QUIC.
+//!
+//! Owns: the request and answer types and their framing. Every frame is postcard behind a
+//! format-version byte ([`WIRE_VERSION`]); a frame of another version, or one that does not
+//! decode, is a [`WireError`], never a panic. One request per QUIC stream, answered on the
+//! same stream: the dialer writes a frame and finishes its side, the acceptor reads it to
+//! the end (bounded by [`MAX_FRAME`]), answers and finishes.
+//!
+//! Must not touch: sockets (the transport moves the bytes) or what the requests mean
+//! (the cluster service answers them).
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{Command, GroupId, Response as Applied, TypeConfig};
+
+/// Version of every frame's encoding. A node refuses a peer whose hello carries another.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Largest frame accepted (a Raft append with its entries, a snapshot chunk).
+pub const MAX_FRAME: usize = 256 << 20;
+
+pub type NodeId = u64;
+
+/// Why a frame or a request failed, as the peer (or the decoder) says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// The frame's version byte is not ours.
+    #[error("frame format version {found}, this node speaks {WIRE_VERSION}")]
+    Version { found: u8 },
+    /// The frame does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// No such Raft group on the peer.
+    #[error("unknown raft group {0}")]
+    UnknownGroup(GroupId),
+    /// The peer does not lead the group; `leader` is its hint.
+    #[error("not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { group: GroupId, leader: Option<NodeId> },
+    /// The peer leads the group but cannot reach a majority of its voters.
+    #[error("raft group {0} cannot reach a majority of its voters")]
+    NoQuorum(GroupId),
+    /// The peer could not do it now (stopping, timed out).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request was understood and refused.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Encodes one frame: the version byte, then postcard.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let out = vec![WIRE_VERSION];
+    // Serializing our own types into a Vec cannot fail: they have no maps with non-string
+    // keys that postcard refuses, and the buffer grows as needed.
+    match postcard::to_extend(v, out) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(message = "frame encoding failed", error = %e);
+            vec![WIRE_VERSION]
+        }
+    }
+}
+
+/// Decodes one frame, checking its version byte.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    match bytes.split_first() {
+        None => Err(WireError::Malformed("empty frame".into())),
+        Some((&WIRE_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
+        }
+        Some((&found, _)) => Err(WireError::Version { found }),
+    }
+}
+
+/// The first request on every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster: String,
+    /// The dialer.
+    pub from: NodeId,
+    /// Whom the dialer means to reach (0: any node, when joining through an address).
+    pub to: NodeId,
+    /// Changes at every start of the dialer, so a peer can tell a restart.
+    pub incarnation: u64,
+    /// The dialer's advertised cluster address.
+    pub addr: String,
+}
+
+/// A member as the cluster knows it: addresses and state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    /// Cluster (QUIC) address, `host:port`.
+    pub cluster_addr: String,
+    /// MQTT over TCP, if the node has that listener (`host:port` clients can dial).
+    pub mqtt_addr: Option<String>,
+    pub admin_addr: Option<String>,
+}
+
+/// A Raft RPC for one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RaftRpc {
+    Append(openraft::raft::AppendEntriesRequest<TypeConfig>),
+    Vote(openraft::raft::VoteRequest<NodeId>),
+    Snapshot(openraft::raft::InstallSnapshotRequest<TypeConfig>),
+}
+
+/// A Raft RPC's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftAnswer {
+    Append(openraft::raft::AppendEntriesResponse<NodeId>),
+    Vote(openraft::raft::VoteResponse<NodeId>),
+    Snapshot(openraft::raft::InstallSnapshotResponse<NodeId>),
+    /// The group refused or failed (openraft's own error, handed back to openraft).
+    Failed(openraft::error::RaftError<NodeId>),
+    /// A snapshot chunk the group refused (out of order, for another snapshot).
+    SnapshotFailed(openraft::error::RaftError<NodeId, openraft::error::InstallSnapshotError>),
+}
+
+/// A call for a device's actor, which lives on its shard's leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceCall {
+    /// A shadow request from an application (the admin API); `op` is get, update or delete.
+    Shadow { thing: String, shadow: String, op: String, payload: Vec<u8> },
+    /// Jobs service work: queue, time out or cancel an execution.
+    Jobs { thing: String, call: JobsWork },
+}
+
+/// Jobs work the scheduler hands a device actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobsWork {
+    Queue { job_id: String },
+    Timeout { job_id: String },
+    Cancel { job_id: String, force: bool },
+}
+
+/// A reply a device actor produced (published by the actor's node; returned to callers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReply {
+    pub topic: String,
+    /// JSON text (postcard cannot carry free-form JSON).
+    pub payload: String,
+    pub to_requester: bool,
+}
+
+/// What a device call came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceAnswer {
+    Shadow(Vec<WireReply>),
+    Jobs { ok: bool, replies: Vec<WireReply> },
+}
+
+/// State of one group on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    /// Whether this node has any state for the group (a voter, a learner or a leftover).
+    pub initialized: bool,
+    /// "leader", "follower", "candidate" or "learner".
+    pub role: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// On the leader: per follower, the last log index it is known to hold.
+    pub matched: Vec<(NodeId, Option<u64>)>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub quorum_ack_ms: Option<u64>,
+}
+
+/// One node's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub ready: bool,
+    pub groups: Vec<GroupStatus>,
+}
+
+/// What one node asks another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// First on every connection; answered with [`Answer::Welcome`] or a refusal.
+    Hello(Hello),
+    Raft {
+        group: GroupId,
+        rpc: RaftRpc,
+    },
+    /// Commands for a group this node does not lead, in order; the leader proposes them
+    /// as one log entry and answers once they are committed and applied.
+    Propose {
+        group: GroupId,
+        cmds: Vec<Command>,
+    },
+    /// A linearizable read point: the leader confirms its leadership with a quorum and
+    /// answers the log index a reader must have applied.
+    ReadIndex {
+        group: GroupId,
+    },
+    /// A new node asks to become a member (sent to any member; forwarded to the meta
+    /// group's leader).
+    Join(MemberInfo),
+    /// The node's view of itself and its groups.
+    Status,
+    Device(DeviceCall),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Answer {
+    Welcome { node: NodeId, incarnation: u64 },
+    Raft(RaftAnswer),
+    Proposed(Vec<Applied>),
+    ReadIndex(Option<u64>),
+    Joined { members: Vec<MemberInfo> },
+    Status(NodeStatus),
+    Device(DeviceAnswer),
+    Error(WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_bad_frames_are_errors() {
+        let req =
+            Request::Propose { group: 3, cmds: vec![Command::EndSession { client: "c".into() }] };
+        let bytes = encode(&req);
+        assert_eq!(bytes[0], WIRE_VERSION);
+        match decode::<Request>(&bytes).unwrap() {
+            Request::Propose { group: 3, cmds } => assert_eq!(cmds.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode::<Request>(&[]).unwrap_err(), WireError::Malformed("empty frame".into()));
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert_eq!(decode::<Request>(&wrong).unwrap_err(), WireError::Version { found: 9 });
+        assert!(matches!(
+            decode::<Request>(&[WIRE_VERSION, 0xff, 0xff]),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&bytes[..bytes.len() - 1]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn raft_messages_survive_postcard() {
+        let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(4, 2), None);
+        let bytes = encode(&Request::Raft { group: 0, rpc: RaftRpc::Vote(vote.clone()) });
+        match decode::<Request>(&bytes).unwrap() {
+            Request::Raft { group: 0, rpc: RaftRpc::Vote(v) } => assert_eq!(v, vote),
+            other => panic!("{other:?}"),
+        }
+        let status = Answer::Status(NodeStatus {
+            id: 1,
+            incarnation: 7,
+            ready: true,
+            groups: vec![GroupStatus {
+                group: 0,
+                initialized: true,
+                role: "leader".into(),
+                leader: Some(1),
+                term: 2,
+                last_log: Some(9),
+                committed: Some(9),
+                applied: Some(9),
+                voters: vec![1, 2, 3],
+                learners: vec![],
+                matched: vec![(2, Some(9)), (3, None)],
+                quorum_ack_ms: Some(12),
+            }],
+        });
+        match decode::<Answer>(&encode(&status)).unwrap() {
+            Answer::Status(s) => assert_eq!(s.groups[0].matched, vec![(2, Some(9)), (3, None)]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! In-process clusters on loopback QUIC for integration tests: N nodes, each with its
+//! own data directory and ports chosen by the OS (the cluster ports are picked first so
+//! that a static member list can name them).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use homeport::config::{Config, MemberAddr};
+use homeport::node::Node;
+
+/// A free UDP port on 127.0.0.1 (bound and released; the OS does not hand it out again
+/// at once).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    s.local_addr().expect("addr").port()
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<Option<Node>>,
+    pub cfgs: Vec<Config>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+/// The configuration of node `id` (1-based) of a test cluster.
+pub fn node_config(dir: &std::path::Path, id: u64, port: u16) -> Config {
+    let mut cfg = super::config(dir);
+    cfg.node.id = id;
+    cfg.cluster.bind = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    cfg.cluster.insecure_dev = true;
+    cfg.cluster.fault_injection = true;
+    cfg.cluster.placement_interval_ms = 200;
+    cfg.cluster.write_timeout_ms = 3000;
+    cfg.raft.shards = 4;
+    cfg
+}
+
+impl TestCluster {
+    /// `n` nodes formed from a static member list, started at once.
+    pub async fn start_static(n: usize) -> TestCluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+        let members: Vec<MemberAddr> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1).parse().unwrap())
+            .collect();
+        let mut dirs = Vec::new();
+        let mut cfgs = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = node_config(dir.path(), i as u64 + 1, *port);
+            cfg.cluster.initial_members = members.clone();
+            dirs.push(dir);
+            cfgs.push(cfg);
+        }
+        let starts = cfgs.iter().cloned().map(Node::start);
+        let nodes = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|r| Some(r.expect("node starts")))
+            .collect();
+        TestCluster { nodes, cfgs, dirs }
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Waits until every group has a leader known to every running node and `voters`
+    /// voters.
+    pub async fn wait_formed(&self, voters: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut ok = true;
+            for n in self.nodes.iter().flatten() {
+                for g in n.groups.ids() {
+                    let m = n.groups.raft(g).unwrap().metrics().borrow().clone();
+                    let v = m.membership_config.membership().voter_ids().count();
+                    if m.current_leader.is_none() || v != voters {
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "cluster did not form in {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for n in self.nodes.iter_mut() {
+            if let Some(n) = n.take() {
+                n.shutdown().await.expect("clean shutdown");
+            }
+        }
+    }
+}
