@@ -25,3 +25,15 @@ async fn three_nodes_form_and_replicate_the_registry() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_join_a_first_node_and_get_replicas() {
+    let c = TestCluster::start_joined(3, 3).await;
+    c.wait_settled(3, Duration::from_secs(30)).await;
+    for n in c.nodes.iter().flatten() {
+        let members = n.cluster.as_ref().unwrap().members();
+        assert_eq!(members.len(), 3);
+        assert!(members.iter().all(|m| m.state == homeport::cluster::MemberState::Active));
+    }
+    c.shutdown().await;
+}

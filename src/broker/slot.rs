@@ -22,6 +22,10 @@ pub enum Control {
     TakeOver { reply: oneshot::Sender<LiveState> },
     /// Close with this reason (administrative action, shutdown).
     Kick(ReasonCode),
+    /// The session's shard is now led by another node: send DISCONNECT 0x9C (v5) with
+    /// `server` as Server Reference and close without detaching (the session is served
+    /// there from the replicated state).
+    Redirect { server: Option<String> },
 }
 
 /// The live part of a session that a connection hands back when it ends.

@@ -117,6 +117,35 @@ pub fn initial(cfg: &ClusterConfig, node: NodeId, groups: u32) -> (Initial, Vec<
     }
 }
 
+/// How device actors on other nodes are reached (see `crate::device::remote`).
+pub struct DeviceLink {
+    pub transport: Arc<Transport>,
+    pub groups: Arc<Groups>,
+    pub timeout: Duration,
+}
+
+impl crate::device::Remote for DeviceLink {
+    fn mqtt_address(&self, node: NodeId) -> Option<String> {
+        let meta = self.groups.data(0)?;
+        records::read_member(meta, node).ok().flatten().and_then(|m| m.info.mqtt_addr)
+    }
+
+    fn call(
+        &self,
+        node: NodeId,
+        call: wire::DeviceCall,
+    ) -> futures_util::future::BoxFuture<'static, Result<wire::DeviceAnswer, String>> {
+        let (t, timeout) = (self.transport.clone(), self.timeout);
+        Box::pin(async move {
+            match t.call(node, Class::Data, Request::Device(call), timeout).await {
+                Ok(Answer::Device(a)) => Ok(a),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
 /// A running cluster node's cluster side.
 pub struct Cluster {
     pub transport: Arc<Transport>,

@@ -120,18 +120,31 @@ pub enum RaftAnswer {
 /// A call for a device's actor, which lives on its shard's leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceCall {
-    /// A shadow request from an application (the admin API); `op` is get, update or delete.
-    Shadow { thing: String, shadow: String, op: String, payload: Vec<u8> },
-    /// Jobs service work: queue, time out or cancel an execution.
+    /// A shadow request (from an application or a client on another node): its request
+    /// topic (`$aws/things/{thing}/shadow[/name/{name}]/{get|update|delete}`) and payload.
+    Shadow { topic: String, payload: Vec<u8> },
+    /// Jobs work for a thing's device actor.
     Jobs { thing: String, call: JobsWork },
 }
 
-/// Jobs work the scheduler hands a device actor.
+/// Jobs work for a device actor: a request a client published, or the scheduler's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobsWork {
-    Queue { job_id: String },
-    Timeout { job_id: String },
-    Cancel { job_id: String, force: bool },
+    /// A request published on a jobs topic (`$aws/things/{thing}/jobs/...`).
+    Request {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Queue {
+        job_id: String,
+    },
+    Timeout {
+        job_id: String,
+    },
+    Cancel {
+        job_id: String,
+        force: bool,
+    },
 }
 
 /// A reply a device actor produced (published by the actor's node; returned to callers).

@@ -104,6 +104,10 @@ pub struct ClusterConfig {
     /// How often the placement controller (on the meta group's leader) and each group
     /// leader's membership reconciler look at their work.
     pub placement_interval_ms: u64,
+    /// When a shard's leadership moves, the sessions that were connected to the old
+    /// leader are redirected; their wills wait this much longer than their delay, so a
+    /// device that reconnects in time sends none.
+    pub session_grace_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -123,6 +127,7 @@ impl Default for ClusterConfig {
             rpc_timeout_ms: 2000,
             write_timeout_ms: 5000,
             placement_interval_ms: 1000,
+            session_grace_ms: 5000,
         }
     }
 }

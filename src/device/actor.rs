@@ -726,6 +726,12 @@ impl DeviceActor {
                 }
             }
             DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),
+            DeviceMsg::Evict { server } => {
+                let filters = state.record.subscriptions.iter().map(|s| s.filter.clone()).collect();
+                super::supervisor::evict(&state.ctx, &state.slot, server, Some(filters));
+                state.retired = true;
+                myself.stop(None);
+            }
         }
         Ok(())
     }

@@ -9,9 +9,10 @@
 //! runs in the connection while one is attached.
 
 mod actor;
+pub mod remote;
 mod supervisor;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -19,13 +20,14 @@ use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
 pub use actor::DeviceActor;
-pub use supervisor::{DeviceSupervisor, SupervisorMsg};
+pub use remote::{LeaderCalls, Remote};
+pub use supervisor::{watch_leadership, DeviceSupervisor, SupervisorMsg};
 
 use crate::broker::{ConnQueue, Delivery, LiveState, Router, SessionSlot};
 use crate::config::MqttConfig;
 use crate::jobs::{Jobs, JobsCall, Outcome};
 use crate::mqtt::{ReasonCode, SubOptions};
-use crate::raft::SessionStore;
+use crate::raft::{Groups, SessionStore};
 use crate::session::{Inflight, StoredWill};
 use crate::shadow::{Reply, RequestTopic, Shadows};
 use crate::store::{DurableAck, Store, StoreError};
@@ -46,6 +48,13 @@ pub enum DeviceError {
     /// The actor could not store the change.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The device's shard is led by another node, which serves its session.
+    #[error("the device's shard is led by node {node}")]
+    Elsewhere {
+        node: u64,
+        /// That node's MQTT address, for a v5 client's Server Reference.
+        address: Option<String>,
+    },
 }
 
 /// What a connection brings when it attaches to its session.
@@ -120,6 +129,12 @@ pub enum DeviceMsg {
     Jobs(Box<JobsRequest>),
     /// Fault injection for tests and chaos runs: the actor panics.
     InjectPanic,
+    /// This node no longer leads the device's shard: take the session's subscriptions
+    /// out of the trie, redirect its connection to `server` and stop (the state stays in
+    /// the shard for the new leader's actor).
+    Evict {
+        server: Option<String>,
+    },
 }
 
 /// A place in a thing's bounded line of device-API requests (shadow, jobs). It is given
@@ -192,6 +207,19 @@ pub struct DeviceCtx {
     pub metrics: Arc<Metrics>,
     pub mqtt: Arc<MqttConfig>,
     pub devices: Arc<Devices>,
+    pub groups: Arc<Groups>,
+    /// Extra wait before the will of a session that was connected to another node fires
+    /// when its shard moves here (0 on a single node).
+    pub session_grace_ms: u64,
+}
+
+/// Where a device's actor runs, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    Local,
+    Remote(u64),
+    /// The shard has no leader now (an election, or this node is cut off).
+    Unknown,
 }
 
 /// Session slots by client id and the supervisor: what connections use to reach devices.
@@ -200,6 +228,12 @@ pub struct Devices {
     slots: DashMap<Arc<str>, Arc<SessionSlot>>,
     /// One per shard group, in shard order (shard 1 first).
     supervisors: OnceLock<Vec<ActorRef<SupervisorMsg>>>,
+    /// Set in a cluster: who leads each shard, and how to reach the others.
+    groups: OnceLock<Arc<Groups>>,
+    remote: OnceLock<Arc<dyn Remote>>,
+    /// For delivering answers of remote calls to a requester here (weak: the router
+    /// holds this).
+    router: OnceLock<Weak<Router>>,
 }
 
 impl Devices {
@@ -210,6 +244,58 @@ impl Devices {
     /// Sets the shard supervisors, in shard order. Called once at start-up.
     pub(crate) fn set_supervisors(&self, s: Vec<ActorRef<SupervisorMsg>>) {
         let _ = self.supervisors.set(s);
+    }
+
+    /// Makes this node a cluster member: devices whose shard another node leads are
+    /// reached through `remote`. Called once at start-up.
+    pub fn set_cluster(&self, groups: Arc<Groups>, remote: Arc<dyn Remote>, router: &Arc<Router>) {
+        let _ = self.groups.set(groups);
+        let _ = self.remote.set(remote);
+        let _ = self.router.set(Arc::downgrade(router));
+    }
+
+    fn home(&self, client: &str) -> Home {
+        let (Some(groups), Some(_)) = (self.groups.get(), self.remote.get()) else {
+            return Home::Local;
+        };
+        let shard = groups.shard_of(client);
+        if groups.is_leader(shard) {
+            return Home::Local;
+        }
+        match groups.leader(shard) {
+            Some(l) if l != groups.node() => Home::Remote(l),
+            _ => Home::Unknown,
+        }
+    }
+
+    /// Whether this node serves `shard` (leads it; a single node always does).
+    pub fn leads_shard(&self, shard: crate::raft::GroupId) -> bool {
+        match (self.groups.get(), self.remote.get()) {
+            (Some(g), Some(_)) => g.is_leader(shard),
+            _ => true,
+        }
+    }
+
+    /// Whether this node runs `client`'s device actor (it leads the client's shard; a
+    /// single node always does).
+    pub fn leads(&self, client: &str) -> bool {
+        self.home(client) == Home::Local
+    }
+
+    /// The slots of the sessions in `shard` that this node holds.
+    pub(crate) fn slots_in(&self, shard: crate::raft::GroupId) -> Vec<Arc<SessionSlot>> {
+        let Some(all) = self.supervisors.get() else { return Vec::new() };
+        let shards = all.len() as u32;
+        self.slots
+            .iter()
+            .filter(|s| crate::raft::shard_of(s.key(), shards) == shard)
+            .map(|s| s.value().clone())
+            .collect()
+    }
+
+    /// The MQTT address of `node`, as clients should dial it.
+    pub fn mqtt_address(&self, node: u64) -> Option<String> {
+        self.remote.get().and_then(|r| r.mqtt_address(node))
     }
 
     /// The slot of `client`, created if missing.
@@ -318,6 +404,13 @@ impl Devices {
         client: &str,
         req: AttachRequest,
     ) -> Result<AttachReply, DeviceError> {
+        match self.home(client) {
+            Home::Local => {}
+            Home::Remote(node) => {
+                return Err(DeviceError::Elsewhere { node, address: self.mqtt_address(node) })
+            }
+            Home::Unknown => return Err(DeviceError::Unavailable),
+        }
         let client: Arc<str> = Arc::from(client);
         let slot = self.get_slot(&client);
         self.call(&client, slot.as_deref(), |reply| DeviceMsg::Attach(Box::new(req), reply)).await?
@@ -325,6 +418,12 @@ impl Devices {
 
     /// Hands a shadow request to the device actor of `req.topic.thing` (spawning it).
     pub fn shadow(&self, req: ShadowRequest) {
+        match self.home(&req.topic.thing) {
+            Home::Local => {}
+            Home::Remote(node) => return self.shadow_remote(node, req),
+            // Dropping the request answers an admin caller "unavailable".
+            Home::Unknown => return,
+        }
         let thing: Arc<str> = Arc::from(req.topic.thing.as_str());
         let slot = self.get_slot(&thing);
         self.cast(&thing, slot.as_deref(), DeviceMsg::Shadow(Box::new(req)));
@@ -339,6 +438,11 @@ impl Devices {
         requester: Option<Arc<SessionSlot>>,
         permit: Option<RequestPermit>,
     ) -> oneshot::Receiver<Outcome> {
+        match self.home(thing) {
+            Home::Local => {}
+            Home::Remote(node) => return self.jobs_remote(node, thing, call, requester, permit),
+            Home::Unknown => return oneshot::channel().1,
+        }
         let (tx, rx) = oneshot::channel();
         let thing: Arc<str> = Arc::from(thing);
         let slot = self.get_slot(&thing);

@@ -1,18 +1,31 @@
 //! Device supervisors: one per shard, the parent of the device actors of that shard's
 //! devices on this node. Spreading spawns, restarts and timers over the shards keeps one
 //! actor from serializing every connect of the node.
+//!
+//! A supervisor serves its shard only while this node leads the shard's group (a single
+//! node always does). [`watch_leadership`] tells it: on `Activate` it waits for a read
+//! barrier (everything the previous leader committed is applied here), restores the
+//! shard's sessions and serves; on `Deactivate` it stops its actors, takes their
+//! subscriptions out of the trie and redirects their connections to the new leader
+//! (DISCONNECT 0x9C with a Server Reference). Device actors write without forwarding
+//! (`Groups::write_local`), so an actor on a deposed leader cannot commit after the new
+//! leader's actors started: one writer per device across the cluster.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, SupervisionEvent};
+use tokio::sync::watch;
 
 use super::actor::{DeviceActor, DeviceArgs};
 use super::{DeviceCtx, DeviceMsg};
-use crate::broker::now_ms;
-use crate::raft::GroupId;
+use crate::broker::{now_ms, Control, SessionSlot};
+use crate::raft::{GroupId, Groups, WriteError};
 use crate::store::StoreError;
+
+/// How long an activation waits for its read barrier.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,6 +47,13 @@ pub enum SupervisorMsg {
         msg: Timer,
     },
     Tick,
+    /// This node leads the shard: serve it (after a read barrier).
+    Activate,
+    /// Another node (or none) leads the shard: stop serving it; connections go to
+    /// `leader`.
+    Deactivate {
+        leader: Option<u64>,
+    },
 }
 
 pub struct DeviceSupervisor;
@@ -49,6 +69,8 @@ pub struct SupervisorState {
     /// failed: delivered, in order, to its successor once it has terminated, so one
     /// client never has two actors at once.
     held: HashMap<Arc<str>, Vec<DeviceMsg>>,
+    /// This node leads the shard and has restored it.
+    active: bool,
 }
 
 impl SupervisorState {
@@ -82,6 +104,11 @@ impl SupervisorState {
         client: Arc<str>,
         msg: DeviceMsg,
     ) {
+        if !self.active {
+            // Not this node's shard (now): the caller gets an error and tries the leader.
+            msg.refuse();
+            return;
+        }
         if let Some(held) = self.held.get_mut(&client) {
             held.push(msg);
             return;
@@ -104,6 +131,10 @@ impl SupervisorState {
     /// a failure, the session that is still attached or stored).
     async fn succeed(&mut self, myself: &ActorRef<SupervisorMsg>, client: Arc<str>, failed: bool) {
         let held = self.held.remove(&client).unwrap_or_default();
+        if !self.active {
+            held.into_iter().for_each(DeviceMsg::refuse);
+            return;
+        }
         if held.is_empty() && !(failed && self.ctx.devices.get_slot(&client).is_some()) {
             return;
         }
@@ -137,8 +168,11 @@ impl SupervisorState {
 }
 
 /// Restores the persistent sessions of this supervisor's shard: routes (subscriptions)
-/// and timers. Clean sessions left by a crash are deleted.
-fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
+/// and timers. Clean sessions left by a crash are deleted. A session recorded as
+/// connected lost its connection with the node that served it; its will waits `grace_ms`
+/// more than its delay (a shard that moved between live nodes: the client is being
+/// redirected and comes back in time).
+fn restore(state: &mut SupervisorState, grace_ms: u64) -> Result<(), StoreError> {
     let now = now_ms();
     let ctx = state.ctx.clone();
     for (client, mut rec) in ctx.sessions.sessions_in(state.shard)? {
@@ -153,7 +187,8 @@ fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
             // The node stopped while the client was connected: the connection is gone.
             rec.disconnected_at_ms = Some(now);
             if let Some(w) = &mut rec.will {
-                w.at_ms = Some(now + u64::from(w.delay_secs.min(rec.expiry_secs)) * 1000);
+                w.at_ms =
+                    Some(now + u64::from(w.delay_secs.min(rec.expiry_secs)) * 1000 + grace_ms);
             }
             let (ticket, _) = ctx.sessions.put(&client, &rec);
             slot.last_write.store(ticket, std::sync::atomic::Ordering::Relaxed);
@@ -174,6 +209,111 @@ fn restore(state: &mut SupervisorState) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl SupervisorState {
+    async fn activate(&mut self) -> Result<(), StoreError> {
+        if self.active || !self.ctx.devices.leads_shard(self.shard) {
+            return Ok(());
+        }
+        // Only the leader's own barrier counts: a node that is not the leader any more
+        // gets no answer from `leader_read` and stays inactive.
+        let not_leader = async { Err(WriteError::NotLeader(0)) };
+        if let Err(e) = self.ctx.groups.read_barrier(self.shard, BARRIER_TIMEOUT, not_leader).await
+        {
+            tracing::info!(message = "shard activation waits", shard = self.shard, error = %e);
+            return Ok(());
+        }
+        restore(self, self.ctx.session_grace_ms)?;
+        self.active = true;
+        tracing::info!(message = "serving shard", shard = self.shard);
+        Ok(())
+    }
+
+    fn deactivate(&mut self, leader: Option<u64>) {
+        if !self.active {
+            return;
+        }
+        self.active = false;
+        self.timers.clear();
+        for (_, msgs) in self.held.drain() {
+            msgs.into_iter().for_each(DeviceMsg::refuse);
+        }
+        let server = leader.and_then(|l| self.ctx.devices.mqtt_address(l));
+        for (_, actor) in self.children.drain() {
+            // It takes its subscriptions out, redirects its connection and stops.
+            let _ = actor.cast(DeviceMsg::Evict { server: server.clone() });
+        }
+        for slot in self.ctx.devices.slots_in(self.shard) {
+            if slot.actor().is_none() {
+                evict(&self.ctx, &slot, server.clone(), None);
+            }
+        }
+        self.ctx.metrics.sessions.set(self.ctx.devices.len() as i64);
+        tracing::info!(message = "stopped serving shard", shard = self.shard, leader = ?leader);
+    }
+}
+
+/// Takes a session off this node: its subscriptions (`subscriptions`, else those of its
+/// parked or stored record) leave the trie, its connection is redirected to `server`,
+/// and its slot is forgotten. Its state stays in the shard for the new leader.
+pub(super) fn evict(
+    ctx: &DeviceCtx,
+    slot: &Arc<SessionSlot>,
+    server: Option<String>,
+    subscriptions: Option<Vec<String>>,
+) {
+    let filters = subscriptions.unwrap_or_else(|| {
+        let rec = slot.parked().or_else(|| ctx.sessions.get(&slot.client_id).ok().flatten());
+        rec.map(|r| r.subscriptions.into_iter().map(|s| s.filter).collect()).unwrap_or_default()
+    });
+    for f in filters {
+        ctx.router.unsubscribe(slot, &f);
+    }
+    let conn = slot.route_mut().conn.take();
+    if let Some(q) = conn {
+        q.order(Control::Redirect { server });
+    }
+    ctx.devices.remove_slot(slot);
+}
+
+/// Tells each shard's supervisor whether this node leads the shard, on every change and
+/// again every second (an activation whose barrier failed is tried again). Cluster nodes
+/// only: a single node leads every shard from the start.
+pub fn watch_leadership(
+    groups: Arc<Groups>,
+    supervisors: Vec<ActorRef<SupervisorMsg>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut last: Vec<Option<bool>> = vec![None; supervisors.len()];
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut n: u64 = 0;
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            };
+            if stop {
+                return;
+            }
+            n += 1;
+            for (i, sup) in supervisors.iter().enumerate() {
+                let shard = i as GroupId + 1;
+                let leads = groups.is_leader(shard);
+                if last[i] == Some(leads) && n % 20 != 0 {
+                    continue;
+                }
+                last[i] = Some(leads);
+                let msg = if leads {
+                    SupervisorMsg::Activate
+                } else {
+                    SupervisorMsg::Deactivate { leader: groups.leader(shard) }
+                };
+                let _ = sup.cast(msg);
+            }
+        }
+    });
+}
+
 impl Actor for DeviceSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -185,6 +325,7 @@ impl Actor for DeviceSupervisor {
         myself: ActorRef<SupervisorMsg>,
         (ctx, shard): (DeviceCtx, GroupId),
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let active = ctx.devices.leads_shard(shard);
         let mut state = SupervisorState {
             ctx,
             shard,
@@ -192,8 +333,11 @@ impl Actor for DeviceSupervisor {
             by_id: HashMap::new(),
             timers: BTreeSet::new(),
             held: HashMap::new(),
+            active,
         };
-        restore(&mut state)?;
+        if active {
+            restore(&mut state, 0)?;
+        }
         myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Tick);
         Ok(state)
     }
@@ -227,6 +371,8 @@ impl Actor for DeviceSupervisor {
                     state.forward(&myself, client, msg).await;
                 }
             }
+            SupervisorMsg::Activate => state.activate().await?,
+            SupervisorMsg::Deactivate { leader } => state.deactivate(leader),
         }
         Ok(())
     }

@@ -55,6 +55,13 @@ pub struct Jobs {
     minute_ms: u64,
 }
 
+impl Jobs {
+    /// Whether this node leads the meta group (where job definitions are written).
+    pub fn leads_meta(&self) -> bool {
+        self.groups.is_leader(0)
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> JobsError {
     tracing::error!(message = "jobs storage failed", error = %e);
     JobsError::new(ErrorCode::InternalError, "Internal error")
@@ -158,7 +165,7 @@ impl Jobs {
 
     async fn write(&self, old: Option<u64>, e: &Execution) -> Result<(), JobsError> {
         let cmd = Command::PutExecution { expect: old, value: e.clone() };
-        match self.groups.write(self.groups.shard_of(&e.thing), cmd).await {
+        match self.groups.write_local(self.groups.shard_of(&e.thing), cmd).await {
             Ok(Response::Applied) => Ok(()),
             Ok(_) => {
                 Err(JobsError::new(ErrorCode::VersionMismatch, "The execution changed meanwhile"))

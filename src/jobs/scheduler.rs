@@ -78,6 +78,12 @@ impl Scheduler {
     }
 
     async fn tick(&mut self) {
+        // In a cluster only the meta group's leader schedules (its copy of the job
+        // definitions is the current one, and one scheduler means one rollout).
+        if !self.jobs.leads_meta() {
+            self.last = Instant::now();
+            return;
+        }
         let dt = self.last.elapsed().as_secs_f64();
         self.last = Instant::now();
         let jobs = match self.jobs.list() {

@@ -22,7 +22,9 @@ use crate::auth::Auth;
 use crate::broker::{RetainLimits, Router};
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::device::{DeviceCtx, DeviceSupervisor, Devices, SupervisorMsg};
+use crate::device::{
+    watch_leadership, DeviceCtx, DeviceSupervisor, Devices, LeaderCalls, SupervisorMsg,
+};
 use crate::jobs::{scheduler, Jobs};
 use crate::raft::{Groups, Initial, LocalOnly, RaftStartError, SessionStore, StartOptions};
 use crate::registry::Registry;
@@ -161,7 +163,17 @@ impl Node {
             metrics: metrics.clone(),
             mqtt: Arc::new(cfg.mqtt.clone()),
             devices: devices.clone(),
+            groups: groups.clone(),
+            session_grace_ms: if cfg.cluster.enabled() { cfg.cluster.session_grace_ms } else { 0 },
         };
+        if let Some((t, _)) = &transport {
+            let link = cluster::DeviceLink {
+                transport: t.clone(),
+                groups: groups.clone(),
+                timeout: Duration::from_millis(cfg.cluster.rpc_timeout_ms),
+            };
+            devices.set_cluster(groups.clone(), Arc::new(link), &router);
+        }
         let mut supervisors = Vec::with_capacity(groups.shards() as usize);
         for shard in 1..=groups.shards() {
             let (sup, _) = Actor::spawn(None, DeviceSupervisor, (dctx.clone(), shard))
@@ -226,6 +238,12 @@ impl Node {
         });
         if let Some(c) = &cluster {
             cluster_ready.set(c.clone()).ok();
+            c.set_devices(Arc::new(LeaderCalls {
+                devices: Arc::downgrade(&devices),
+                shadow_limit: cfg.shadow.max_pending_per_thing,
+                jobs_limit: cfg.jobs.max_pending_per_thing,
+            }));
+            watch_leadership(groups.clone(), supervisors.clone(), shutdown_rx.clone());
         }
         scheduler::spawn(
             jobs,

@@ -411,11 +411,29 @@ impl Groups {
     }
 
     /// Proposes `cmd` to `group` and waits until it is committed (durable on a majority)
-    /// and applied on the leader. Commands of many callers share a log entry.
+    /// and applied on the leader. Commands of many callers share a log entry. The leader
+    /// may be another node (the write is forwarded to it).
     pub async fn write(&self, group: GroupId, cmd: Command) -> Result<Response, WriteError> {
+        self.write_as(group, cmd, false).await
+    }
+
+    /// [`Groups::write`] for a group's single writers that must run on its leader (device
+    /// actors): the command is never forwarded, so a writer on a node that lost the
+    /// group's leadership cannot commit after the new leader's writers started. It fails
+    /// with [`WriteError::NotLeader`] instead.
+    pub async fn write_local(&self, group: GroupId, cmd: Command) -> Result<Response, WriteError> {
+        self.write_as(group, cmd, true).await
+    }
+
+    async fn write_as(
+        &self,
+        group: GroupId,
+        cmd: Command,
+        local: bool,
+    ) -> Result<Response, WriteError> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        self.submit(group, cmd, Reply::Response(tx));
+        self.enqueue(group, cmd, Reply::Response(tx), local);
         let out = rx.await.unwrap_or_else(|_| {
             Err(WriteError::Unavailable { group, reason: "group stopped".into() })
         });
@@ -435,6 +453,11 @@ impl Groups {
     /// command's ticket (see [`Groups::settled`]).
     pub fn submit(&self, group: GroupId, cmd: Command, reply: Reply) -> Ticket {
         self.enqueue(group, cmd, reply, false)
+    }
+
+    /// [`Groups::submit`] without forwarding (see [`Groups::write_local`]).
+    pub fn submit_local(&self, group: GroupId, cmd: Command, reply: Reply) -> Ticket {
+        self.enqueue(group, cmd, reply, true)
     }
 
     fn enqueue(&self, group: GroupId, cmd: Command, reply: Reply, local_only: bool) -> Ticket {

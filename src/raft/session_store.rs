@@ -58,7 +58,14 @@ impl SessionStore {
     }
 
     fn submit(&self, shard_key: &str, cmd: Command, reply: Reply) -> Ticket {
-        self.groups.submit(self.shard(shard_key), cmd, reply)
+        // Session writes come from device actors, which live on their shard's leader:
+        // never forwarded (see `Groups::write_local`). Retained messages may be written
+        // from any node.
+        if matches!(cmd, Command::PutRetained { .. }) {
+            self.groups.submit(self.shard(shard_key), cmd, reply)
+        } else {
+            self.groups.submit_local(self.shard(shard_key), cmd, reply)
+        }
     }
 
     /// Writes a session record; the receiver resolves once it is committed.

@@ -281,7 +281,7 @@ impl Shadows {
     ) -> Result<(), Rejection> {
         let cmd =
             Command::PutShadow { thing: t.thing.clone(), name: t.shadow.clone(), expect, value };
-        match self.groups.write(self.groups.shard_of(&t.thing), cmd).await {
+        match self.groups.write_local(self.groups.shard_of(&t.thing), cmd).await {
             Ok(Response::Applied) => Ok(()),
             Ok(_) => {
                 // Someone else wrote it: read it again next time.

@@ -61,6 +61,83 @@ impl TestCluster {
         TestCluster { nodes, cfgs, dirs }
     }
 
+    /// Node 1 alone (a fresh single node with the cluster on), then nodes 2..=n joining
+    /// through it.
+    pub async fn start_joined(n: usize, replication: usize) -> TestCluster {
+        let mut c = TestCluster { nodes: Vec::new(), cfgs: Vec::new(), dirs: Vec::new() };
+        c.add_first(replication).await;
+        for _ in 1..n {
+            c.add_joining(replication).await;
+        }
+        c
+    }
+
+    async fn add_first(&mut self, replication: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = node_config(dir.path(), 1, free_udp_port());
+        cfg.cluster.replication_factor = replication;
+        let node = Node::start(cfg.clone()).await.expect("node 1 starts");
+        self.nodes.push(Some(node));
+        self.cfgs.push(cfg);
+        self.dirs.push(dir);
+    }
+
+    /// Starts one more node that joins through node 1. Returns its index.
+    pub async fn add_joining(&mut self, replication: usize) -> usize {
+        let id = self.cfgs.len() as u64 + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = node_config(dir.path(), id, free_udp_port());
+        cfg.cluster.replication_factor = replication;
+        let via = self.cfgs[0].cluster.bind.unwrap().to_string();
+        cfg.cluster.join = vec![via];
+        let node = Node::start(cfg.clone()).await.expect("joining node starts");
+        self.nodes.push(Some(node));
+        self.cfgs.push(cfg);
+        self.dirs.push(dir);
+        self.nodes.len() - 1
+    }
+
+    /// Stops node `i` cleanly.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Starts node `i` again on its data directory and configuration.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let n = Node::start(self.cfgs[i].clone()).await.expect("node restarts");
+        self.nodes[i] = Some(n);
+    }
+
+    /// The running node that leads `group`, by index.
+    pub fn leader_of(&self, group: u32) -> Option<usize> {
+        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.groups.is_leader(group)))
+    }
+
+    /// Waits until every group has a leader that the running nodes agree on, with
+    /// `voters` voters each (the nodes' own views).
+    pub async fn wait_settled(&self, voters: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let running: Vec<&Node> = self.nodes.iter().flatten().collect();
+            let ok = running[0].groups.ids().all(|g| {
+                let Some(leader) = running.iter().find(|n| n.groups.is_leader(g)) else {
+                    return false;
+                };
+                let m = leader.groups.raft(g).unwrap().metrics().borrow().clone();
+                m.membership_config.membership().voter_ids().count() == voters
+                    && m.membership_config.membership().get_joint_config().len() == 1
+            });
+            if ok {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "cluster did not settle in {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node is running")
     }

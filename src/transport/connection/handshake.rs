@@ -211,11 +211,29 @@ pub async fn refuse<S: DeviceIo>(
     reason: ReasonCode,
     ctx: &ConnCtx,
 ) {
-    let p = Packet::ConnAck(ConnAck {
-        session_present: false,
-        reason,
-        properties: Properties::default(),
-    });
+    refuse_with(io, protocol, reason, Properties::default(), ctx).await
+}
+
+/// CONNACK 0x9C (Use another server) with `server` as Server Reference (v5); 3.1.1 has
+/// no redirect and gets 0x03 (server unavailable).
+pub async fn redirect<S: DeviceIo>(
+    io: &mut S,
+    protocol: Protocol,
+    server: Option<String>,
+    ctx: &ConnCtx,
+) {
+    let properties = Properties { server_reference: server, ..Default::default() };
+    refuse_with(io, protocol, ReasonCode::UseAnotherServer, properties, ctx).await
+}
+
+async fn refuse_with<S: DeviceIo>(
+    io: &mut S,
+    protocol: Protocol,
+    reason: ReasonCode,
+    properties: Properties,
+    ctx: &ConnCtx,
+) {
+    let p = Packet::ConnAck(ConnAck { session_present: false, reason, properties });
     let mut out = BytesMut::new();
     mqtt::encode(&p, protocol, &mut out);
     ctx.metrics.packet_out(0x20, out.len());

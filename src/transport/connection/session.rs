@@ -23,7 +23,7 @@ mod subscribe;
 use crate::auth::policy::Action;
 use crate::auth::{Access, ConnectAuth, Tracked};
 use crate::broker::{ConnQueue, Control, Delivery, LiveState, SessionSlot};
-use crate::device::{AttachRequest, DeviceMsg};
+use crate::device::{AttachRequest, DeviceError, DeviceMsg};
 use crate::mqtt::{self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode};
 use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
 use crate::transport::limits::{AddressGuard, ConnLimiter};
@@ -78,6 +78,9 @@ enum End {
     TakenOver(oneshot::Sender<LiveState>),
     Shutdown,
     Kicked(ReasonCode),
+    /// The session's shard moved to another node: DISCONNECT 0x9C (v5) with the node's
+    /// address as Server Reference, no will (the session goes on there).
+    Redirected(Option<String>),
 }
 
 struct GaugeGuard(IntGauge);
@@ -238,6 +241,11 @@ async fn open<S: DeviceIo>(
     };
     let reply = match ctx.devices.attach(&neg.client_id, req).await {
         Ok(r) => r,
+        Err(DeviceError::Elsewhere { node, address }) => {
+            tracing::debug!(message = "connect redirected", client = %neg.client_id, node, address = ?address);
+            handshake::redirect(io, connect.protocol, address, &ctx).await;
+            return None;
+        }
         Err(e) => {
             tracing::warn!(message = "session attach failed", client = %neg.client_id, error = %e);
             handshake::refuse(io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
@@ -439,6 +447,7 @@ impl Conn {
                         return match c {
                             Control::TakeOver { reply } => End::TakenOver(reply),
                             Control::Kick(code) => End::Kicked(code),
+                            Control::Redirect { server } => End::Redirected(server),
                         };
                     }
                     for d in items {
@@ -655,6 +664,12 @@ impl Conn {
             End::Kicked(code) => {
                 (Some(*code), "administrative_action", true, "SERVER_INITIATED_DISCONNECT")
             }
+            End::Redirected(_) => (
+                Some(ReasonCode::UseAnotherServer),
+                "use_another_server",
+                false,
+                "SERVER_INITIATED_DISCONNECT",
+            ),
         };
         let m = &self.ctx.metrics;
         m.disconnects.with_label_values(&[label]).inc();
@@ -662,8 +677,11 @@ impl Conn {
             m.protocol_errors.with_label_values(&[label]).inc();
         }
         if let (Some(code), true) = (reason, self.neg.protocol.is_v5()) {
-            let d =
-                Packet::Disconnect(Disconnect { reason: code, properties: Properties::default() });
+            let mut properties = Properties::default();
+            if let End::Redirected(server) = &end {
+                properties.server_reference.clone_from(server);
+            }
+            let d = Packet::Disconnect(Disconnect { reason: code, properties });
             self.out.packet(&d, m);
         }
         if !self.out.buf.is_empty() {
@@ -682,6 +700,8 @@ impl Conn {
             End::TakenOver(reply) => {
                 let _ = reply.send(live);
             }
+            // The session's actor is gone from this node; the new leader has it.
+            End::Redirected(_) => {}
             _ => self.detach(live, will),
         }
     }
