@@ -299,7 +299,7 @@ pub fn watch_leadership(
             for (i, sup) in supervisors.iter().enumerate() {
                 let shard = i as GroupId + 1;
                 let leads = groups.is_leader(shard);
-                if last[i] == Some(leads) && n % 20 != 0 {
+                if last[i] == Some(leads) && !n.is_multiple_of(20) {
                     continue;
                 }
                 last[i] = Some(leads);
