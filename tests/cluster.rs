@@ -37,3 +37,124 @@ async fn nodes_join_a_first_node_and_get_replicas() {
     }
     c.shutdown().await;
 }
+
+/// Shadow updates sent to the admin API of every node for things in every shard: each
+/// reaches its thing's device actor on the shard's leader, and reads from any node agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadows_through_any_node_reach_the_leaders_actor() {
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let shards = c.cfgs[0].raft.shards;
+    for shard in 1..=shards {
+        let thing = common::cluster::thing_in_shard(shard, shards, "lamp");
+        for (i, n) in c.nodes.iter().flatten().enumerate() {
+            let body = format!(r#"{{"state":{{"desired":{{"via":{i}}}}}}}"#);
+            let path = format!("/api/things/{thing}/shadow");
+            let (status, answer) = common::http(n.admin_addr.unwrap(), "POST", &path, &body).await;
+            assert_eq!(status, 200, "shard {shard} via node {i}: {answer}");
+        }
+        for n in c.nodes.iter().flatten() {
+            let path = format!("/api/things/{thing}/shadow");
+            let (status, doc) = common::http_get(n.admin_addr.unwrap(), &path).await;
+            assert_eq!(status, 200, "{doc}");
+            let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+            assert_eq!(v["state"]["desired"]["via"], 2, "{doc}");
+            assert_eq!(v["version"], 3, "{doc}");
+        }
+    }
+    c.wait_replicas_equal(Duration::from_secs(10)).await;
+    c.shutdown().await;
+}
+
+/// A v5 client that connects to a node that does not lead its shard gets CONNACK 0x9C
+/// with the leader's MQTT address; there it connects. A 3.1.1 client gets 0x03.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connect_elsewhere_is_redirected_to_the_leader() {
+    use homeport::mqtt::{Packet, Properties, Protocol, ReasonCode};
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let shards = c.cfgs[0].raft.shards;
+    let client = common::cluster::thing_in_shard(1, shards, "dev");
+    let leader = c.leader_of(1).unwrap();
+    let other = (leader + 1) % 3;
+    let mut raw = common::raw::Raw::open(c.node(other)).await;
+    let server = match raw.connect(&client, Protocol::V5, Properties::default()).await {
+        Packet::ConnAck(a) => {
+            assert_eq!(a.reason, ReasonCode::UseAnotherServer);
+            a.properties.server_reference.expect("a server reference")
+        }
+        p => panic!("{p:?}"),
+    };
+    assert_eq!(server, c.node(leader).mqtt_addr.unwrap().to_string());
+    let mut raw = common::raw::Raw::open_addr(server.parse().unwrap()).await;
+    match raw.connect(&client, Protocol::V5, Properties::default()).await {
+        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success),
+        p => panic!("{p:?}"),
+    }
+    let mut old = common::raw::Raw::open(c.node(other)).await;
+    match old.connect(&client, Protocol::V311, Properties::default()).await {
+        Packet::ConnAck(a) => assert_eq!(homeport::mqtt::connack_v3_code(a.reason), 3),
+        p => panic!("{p:?}"),
+    }
+    c.shutdown().await;
+}
+
+/// One node cut off from the others: it stops acknowledging durable writes (503 from
+/// the admin API, not ready), the majority goes on, and after healing it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_node_refuses_durable_writes_then_catches_up() {
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let shards = c.cfgs[0].raft.shards;
+    // The node that leads shard 1 is cut off, with the shard's things.
+    let minority = c.leader_of(1).unwrap();
+    let thing = common::cluster::thing_in_shard(1, shards, "cut");
+    let admin = |i: usize| c.node(i).admin_addr.unwrap();
+    let path = format!("/api/things/{thing}/shadow");
+    let (status, body) =
+        common::http(admin(minority), "POST", &path, r#"{"state":{"desired":{"n":1}}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    c.isolate(minority);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = common::http_get(admin(minority), "/readyz").await;
+        if status == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the minority stays ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) =
+        common::http(admin(minority), "POST", &path, r#"{"state":{"desired":{"n":2}}}"#).await;
+    assert_eq!(status, 503, "{body}");
+    // The majority elects a new leader for shard 1 and takes writes through any node.
+    let majority = (minority + 1) % 3;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) =
+            common::http(admin(majority), "POST", &path, r#"{"state":{"desired":{"n":3}}}"#).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "majority refuses: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = common::http_get(admin(majority), "/readyz").await;
+    assert_eq!(status, 200);
+    c.heal();
+    c.wait_replicas_equal(Duration::from_secs(20)).await;
+    // Healing may take an election (the cut-off node's term moved on); reads through it
+    // then reach the shard's leader again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let (status, doc) = common::http_get(admin(minority), &path).await;
+        if status == 200 {
+            break doc;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(v["state"]["desired"]["n"], 3, "{doc}");
+    c.shutdown().await;
+}

@@ -219,6 +219,12 @@ impl Cluster {
         if !moving.is_empty() {
             return;
         }
+        // A voter that has no member record yet (it has not registered since the cluster
+        // formed) would look like a lost node: wait for it rather than plan around it.
+        let known: BTreeSet<NodeId> = members.iter().map(|m| m.info.id).collect();
+        if actual.values().flat_map(|(_, v)| v).any(|id| !known.contains(id)) {
+            return;
+        }
         let current: placement::Plan = stored.iter().map(|(g, p)| (*g, p.voters.clone())).collect();
         let states: Vec<(NodeId, MemberState)> =
             members.iter().map(|m| (m.info.id, m.state)).collect();
@@ -289,11 +295,13 @@ impl Cluster {
             if membership.get_joint_config().len() > 1 {
                 continue; // a change is being committed
             }
-            let voters_want: BTreeSet<NodeId> =
-                p.voters.iter().copied().filter(|v| info.contains_key(v)).collect();
-            if voters_want.is_empty() {
+            // Every voter-to-be must be a known member (its record says where it is). A
+            // placement naming one that has not registered yet (start-up) waits: acting on
+            // the known part would shrink the group.
+            if p.voters.is_empty() || p.voters.iter().any(|v| !info.contains_key(v)) {
                 continue;
             }
+            let voters_want: BTreeSet<NodeId> = p.voters.iter().copied().collect();
             let learners_want: BTreeSet<NodeId> = if g == 0 {
                 info.keys().copied().filter(|id| !voters_want.contains(id)).collect()
             } else {

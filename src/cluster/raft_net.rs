@@ -68,7 +68,11 @@ impl PeerLink {
     ) -> Result<RaftAnswer, RPCError<NodeId, BasicNode, E>> {
         let req = Request::Raft { group: self.group, rpc };
         let ttl = option.hard_ttl();
-        match self.transport.call(self.target, class, req, ttl).await {
+        let res = self.transport.call(self.target, class, req, ttl).await;
+        if let Err(e) = &res {
+            tracing::debug!(message = "raft rpc failed", group = self.group, target = self.target, ?action, error = %e);
+        }
+        match res {
             Ok(Answer::Raft(a)) => Ok(a),
             Ok(other) => Err(RPCError::Network(NetworkError::new(&Why(format!(
                 "unexpected answer {other:?}"

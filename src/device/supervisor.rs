@@ -71,7 +71,13 @@ pub struct SupervisorState {
     held: HashMap<Arc<str>, Vec<DeviceMsg>>,
     /// This node leads the shard and has restored it.
     active: bool,
+    /// Messages that arrived after this node became the shard's leader and before its
+    /// activation finished: handled once it has (refused if it fails for good).
+    pending: Vec<(Arc<str>, DeviceMsg)>,
 }
+
+/// Most messages held while a shard is being activated.
+const MAX_PENDING: usize = 10_000;
 
 impl SupervisorState {
     async fn child(
@@ -105,8 +111,14 @@ impl SupervisorState {
         msg: DeviceMsg,
     ) {
         if !self.active {
-            // Not this node's shard (now): the caller gets an error and tries the leader.
-            msg.refuse();
+            if self.ctx.devices.leads_shard(self.shard) && self.pending.len() < MAX_PENDING {
+                // Leader already, activation under way.
+                self.pending.push((client, msg));
+            } else {
+                // Not this node's shard (now): the caller gets an error and tries the
+                // leader.
+                msg.refuse();
+            }
             return;
         }
         if let Some(held) = self.held.get_mut(&client) {
@@ -228,12 +240,22 @@ impl SupervisorState {
         Ok(())
     }
 
+    /// Handles what waited for the activation.
+    async fn drain_pending(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        for (client, msg) in std::mem::take(&mut self.pending) {
+            self.forward(myself, client, msg).await;
+        }
+    }
+
     fn deactivate(&mut self, leader: Option<u64>) {
         if !self.active {
             return;
         }
         self.active = false;
         self.timers.clear();
+        for (_, msg) in self.pending.drain(..) {
+            msg.refuse();
+        }
         for (_, msgs) in self.held.drain() {
             msgs.into_iter().for_each(DeviceMsg::refuse);
         }
@@ -334,6 +356,7 @@ impl Actor for DeviceSupervisor {
             timers: BTreeSet::new(),
             held: HashMap::new(),
             active,
+            pending: Vec::new(),
         };
         if active {
             restore(&mut state, 0)?;
@@ -371,7 +394,16 @@ impl Actor for DeviceSupervisor {
                     state.forward(&myself, client, msg).await;
                 }
             }
-            SupervisorMsg::Activate => state.activate().await?,
+            SupervisorMsg::Activate => {
+                state.activate().await?;
+                if state.active {
+                    state.drain_pending(&myself).await;
+                } else if !state.ctx.devices.leads_shard(state.shard) {
+                    for (_, msg) in state.pending.drain(..) {
+                        msg.refuse();
+                    }
+                }
+            }
             SupervisorMsg::Deactivate { leader } => state.deactivate(leader),
         }
         Ok(())

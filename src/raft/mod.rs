@@ -573,6 +573,24 @@ impl Groups {
         }
     }
 
+    /// A digest of a group's applied data (keys and values, in key order) and the log
+    /// index it was taken at: replicas that applied the same log have the same digest.
+    pub fn digest(&self, group: GroupId) -> Option<(u64, Option<u64>)> {
+        let g = self.groups.get(group as usize)?;
+        let applied = g.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for kv in g.data.scan_prefix(b"d") {
+            let (k, v) = kv.ok()?;
+            for part in [&k[..], &[0xff], &v[..], &[0xfe]] {
+                for b in part {
+                    h ^= u64::from(*b);
+                    h = h.wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        Some((h, applied))
+    }
+
     /// Stops every group (pending writes fail with [`WriteError::Unavailable`]).
     pub async fn shutdown(&self) {
         for (g, group) in self.groups.iter().enumerate() {

@@ -34,9 +34,20 @@ pub fn node_config(dir: &std::path::Path, id: u64, port: u16) -> Config {
     cfg
 }
 
+/// Logs to stderr when `HOMEPORT_TEST_LOG` holds a filter (`homeport=debug`, say).
+pub fn log() {
+    if let Ok(f) = std::env::var("HOMEPORT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl TestCluster {
     /// `n` nodes formed from a static member list, started at once.
     pub async fn start_static(n: usize) -> TestCluster {
+        log();
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let members: Vec<MemberAddr> = ports
             .iter()
@@ -123,14 +134,30 @@ impl TestCluster {
         loop {
             let running: Vec<&Node> = self.nodes.iter().flatten().collect();
             let ok = running[0].groups.ids().all(|g| {
-                let Some(leader) = running.iter().find(|n| n.groups.is_leader(g)) else {
+                let leaders: Vec<_> = running.iter().filter(|n| n.groups.is_leader(g)).collect();
+                let [leader] = leaders.as_slice() else { return false };
+                // Every running member of the group knows who leads it.
+                let id = leader.groups.node();
+                let agreed = running.iter().all(|n| {
+                    let m = n.groups.raft(g).unwrap().metrics().borrow().clone();
+                    m.membership_config.membership().get_node(&n.groups.node()).is_none()
+                        || m.current_leader == Some(id)
+                });
+                if !agreed {
                     return false;
-                };
+                }
                 let m = leader.groups.raft(g).unwrap().metrics().borrow().clone();
                 m.membership_config.membership().voter_ids().count() == voters
                     && m.membership_config.membership().get_joint_config().len() == 1
             });
-            if ok {
+            // Every running node knows every member's addresses.
+            let n = self.nodes.len();
+            let registered = running.iter().all(|node| {
+                let members = node.cluster.as_ref().unwrap().members();
+                members.len() >= n.min(self.cfgs.len())
+                    && members.iter().all(|m| m.info.mqtt_addr.is_some())
+            });
+            if ok && registered {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "cluster did not settle in {within:?}");
@@ -172,4 +199,69 @@ impl TestCluster {
             }
         }
     }
+}
+
+impl TestCluster {
+    /// Cuts node `i` off from every other node, both ways.
+    pub fn isolate(&self, i: usize) {
+        let me = self.cfgs[i].node.id;
+        for (j, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let t = &n.cluster.as_ref().unwrap().transport;
+            if j == i {
+                for c in &self.cfgs {
+                    if c.node.id != me {
+                        t.faults().partition(c.node.id);
+                    }
+                }
+            } else {
+                t.faults().partition(me);
+            }
+        }
+    }
+
+    /// Removes every injected fault.
+    pub fn heal(&self) {
+        for n in self.nodes.iter().flatten() {
+            n.cluster.as_ref().unwrap().transport.faults().heal();
+        }
+    }
+
+    /// Waits until every running node holding a group's data has the same digest of it
+    /// at the same applied index, for every group; returns the digests.
+    pub async fn wait_replicas_equal(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let running: Vec<&Node> = self.nodes.iter().flatten().collect();
+            let mut ok = true;
+            let mut detail = String::new();
+            for g in running[0].groups.ids() {
+                let ds: Vec<_> = running
+                    .iter()
+                    .filter(|n| {
+                        let m = n.groups.raft(g).unwrap().metrics().borrow().clone();
+                        m.membership_config.membership().get_node(&n.groups.node()).is_some()
+                    })
+                    .map(|n| n.groups.digest(g).unwrap())
+                    .collect();
+                if ds.windows(2).any(|w| w[0] != w[1]) {
+                    ok = false;
+                    detail = format!("group {g}: {ds:?}");
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "replicas differ: {detail}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A thing name whose shard (of `shards`) is `shard`.
+pub fn thing_in_shard(shard: u32, shards: u32, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|t| homeport::raft::shard_of(t, shards) == shard)
+        .unwrap()
 }
