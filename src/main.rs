@@ -1,8 +1,6 @@
 //! The `homeport` binary: `serve`, `ctl`, `gen-config`, `check-config`, `bench`.
 
-mod bench;
-mod ctl;
-mod ctl_identity;
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,10 +27,10 @@ enum Cmd {
     /// Validate a configuration file; names the bad field.
     CheckConfig { file: PathBuf },
     /// Load generator (conn, pub, sub, pubsub, shadow) against any MQTT broker.
-    Bench(bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Talk to a node's admin API: things, groups, shadows, jobs, credentials,
     /// policies, certificates, tokens and the audit log.
-    Ctl(ctl::CtlArgs),
+    Ctl(cli::ctl::CtlArgs),
     /// Print a new admin root token and the `admin.root_token_sha256` line for it.
     GenToken,
 }
@@ -231,14 +229,14 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
         },
-        Cmd::Bench(args) => bench::main(args),
+        Cmd::Bench(args) => cli::bench::main(args),
         Cmd::GenToken => homeport::auth::tokens::new_root_token()
             .map(|(token, hash)| {
                 println!("token (keep it secret; it is not stored): {token}");
                 println!("config line for [admin]: root_token_sha256 = \"{hash}\"");
             })
             .map_err(anyhow::Error::from),
-        Cmd::Ctl(args) => ctl::main(args),
+        Cmd::Ctl(args) => cli::ctl::main(args),
         Cmd::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -96,6 +96,18 @@ async fn the_document_lists_every_endpoint_and_matches_the_answers() {
         ("/api/tokens", "post"),
         ("/api/tokens/{id}", "delete"),
         ("/api/audit", "get"),
+        ("/api/cluster", "get"),
+        ("/api/cluster/members", "get"),
+        ("/api/cluster/shards", "get"),
+        ("/api/cluster/digests", "get"),
+        ("/api/cluster/init", "post"),
+        ("/api/cluster/join", "post"),
+        ("/api/cluster/members/{id}", "delete"),
+        ("/api/cluster/members/{id}/drain", "post"),
+        ("/api/cluster/members/{id}/undrain", "post"),
+        ("/api/cluster/faults", "get"),
+        ("/api/cluster/faults", "put"),
+        ("/api/cluster/faults", "delete"),
     ];
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()

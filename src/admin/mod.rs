@@ -1,7 +1,8 @@
 //! Admin HTTP API (axum): `/metrics` (Prometheus text format), `/healthz`, `/readyz`,
 //! shadows under `/api/things/{thing}/shadow` ([`shadows`]), jobs under `/api/jobs`
 //! ([`jobs`]), the registry: things and thing groups ([`things`]), and identity and
-//! access: credentials, policies, CA and device certificates ([`identity`]).
+//! access: credentials, policies, CA and device certificates ([`identity`]), and the
+//! cluster: members, groups, placement, init, join, drain, remove, faults ([`cluster`]).
 //!
 //! Owns: the HTTP surface for operators and applications. Must not touch: broker
 //! internals beyond reading metrics and readiness; device state changes go to the device
@@ -9,6 +10,7 @@
 
 mod access;
 pub mod api;
+pub mod cluster;
 mod identity;
 pub mod identity_api;
 mod jobs;
@@ -108,6 +110,7 @@ async fn not_found() -> Response {
         (name = "identity", description = "Device credentials, certificates and policies"),
         (name = "access", description = "Admin API tokens and the audit log"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "cluster", description = "Cluster members, groups, placement and fault injection"),
     )
 )]
 struct ApiDoc;
@@ -145,6 +148,16 @@ fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::create_token, access::list_tokens))
         .routes(routes!(access::revoke_token))
         .routes(routes!(access::audit))
+        .routes(routes!(cluster::status))
+        .routes(routes!(cluster::members))
+        .routes(routes!(cluster::shards))
+        .routes(routes!(cluster::digests))
+        .routes(routes!(cluster::init))
+        .routes(routes!(cluster::join))
+        .routes(routes!(cluster::drain))
+        .routes(routes!(cluster::undrain))
+        .routes(routes!(cluster::remove))
+        .routes(routes!(cluster::list_faults, cluster::set_faults, cluster::heal))
         .split_for_parts()
 }
 

@@ -20,7 +20,9 @@ pub fn required_role(method: &str, path: &str) -> Option<Role> {
         return None;
     }
     let admin_only = ["/api/tokens", "/api/audit"].iter().any(|p| path.starts_with(p));
+    // Identity records and cluster membership (and its fault injection) are the admin's.
     let identity = [
+        "/api/cluster",
         "/api/policies",
         "/api/attachments",
         "/api/cas",

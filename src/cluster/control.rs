@@ -76,8 +76,13 @@ impl Cluster {
             if *shutdown.borrow() {
                 return;
             }
-            let done = if !self.in_meta() && !self.cfg.join.is_empty() {
-                self.ask_to_join().await
+            let join = self.join.lock().clone();
+            let done = if !self.in_meta() && !join.is_empty() {
+                self.ask_to_join(&join).await
+            } else if !self.in_meta() {
+                // A fresh node that neither formed nor joins: it waits for
+                // `ctl cluster init` or `ctl cluster join`.
+                false
             } else {
                 let cmd =
                     Command::Cluster(ClusterCommand::Register { info: self.me.clone(), state });
@@ -100,13 +105,14 @@ impl Cluster {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
+                _ = self.kick.notified() => {}
             }
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
-    async fn ask_to_join(&self) -> bool {
-        for addr in &self.cfg.join {
+    async fn ask_to_join(&self, join: &[String]) -> bool {
+        for addr in join {
             let req = Request::Join(self.me.clone());
             match self.transport.call_address(addr, req, self.rpc_timeout()).await {
                 Ok((via, Answer::Joined { members })) => {
@@ -285,8 +291,17 @@ impl Cluster {
             .filter(|m| m.state != MemberState::Removed)
             .map(|m| (m.info.id, &m.info))
             .collect();
+        let my_state = members.iter().find(|m| m.info.id == self.me.id).map(|m| m.state);
+        let active = members.iter().filter(|m| m.state == MemberState::Active).count().max(1);
+        let fair = self.groups.ids().count().div_ceil(active);
+        let mut leading = self.groups.ids().filter(|g| self.groups.is_leader(*g)).count();
+        let mut handed_off = false;
         for (g, p) in stored {
             let Some(raft) = self.groups.raft(g) else { continue };
+            // A node that is out of a group's placement stops standing for election in it:
+            // once removed it hears nothing more and would otherwise try forever.
+            let placed = p.voters.contains(&self.me.id);
+            raft.runtime_config().elect(placed && self.may_stand(g));
             let m = raft.metrics().borrow().clone();
             if m.state != ServerState::Leader {
                 continue;
@@ -309,6 +324,9 @@ impl Cluster {
             };
             let nodes: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            if !voters.contains(&self.me.id) {
+                continue; // it demoted itself and steps down once that is applied
+            }
             let step = async {
                 if let Some(add) = voters_want.union(&learners_want).find(|id| !nodes.contains(id))
                 {
@@ -352,11 +370,47 @@ impl Cluster {
                         .await
                         .map(|_| "remove_nodes");
                 }
+                // Leadership: the placement prefers another voter, and this node drains or
+                // leads more than its share. openraft 0.9 has no leader transfer: the
+                // leader demotes itself (the others elect, the new leader promotes it
+                // again), one group at a time.
+                let preferred = p.voters.first().copied();
+                let hand_off = !handed_off
+                    && preferred.is_some_and(|id| id != self.me.id)
+                    && (my_state == Some(MemberState::Draining)
+                        || (my_state == Some(MemberState::Active) && leading > fair))
+                    && voters.len() >= 3
+                    && self.handoff_due();
+                if hand_off {
+                    let last = m.last_log_index.unwrap_or(0);
+                    let others_caught_up = voters.iter().filter(|v| **v != self.me.id).all(|id| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).copied().flatten())
+                            .is_some_and(|l| l.index + CAUGHT_UP_LAG >= last)
+                    });
+                    if others_caught_up {
+                        let rest: BTreeSet<NodeId> =
+                            voters.iter().copied().filter(|v| *v != self.me.id).collect();
+                        tracing::info!(message = "handing leadership off", group = g, to = ?preferred);
+                        // Out of the membership entirely (an openraft leader that is still
+                        // a learner keeps leading); the new leader adds it back.
+                        return raft
+                            .change_membership(ChangeMembers::ReplaceAllVoters(rest), false)
+                            .await
+                            .map(|_| "leader_handoff");
+                    }
+                }
                 Ok("none")
             };
             match tokio::time::timeout(Duration::from_secs(10), step).await {
                 Ok(Ok(kind)) if kind != "none" && kind != "waiting" => {
                     self.metrics.membership_changes.with_label_values(&[kind]).inc();
+                    if kind == "leader_handoff" {
+                        handed_off = true;
+                        leading = leading.saturating_sub(1);
+                        *self.last_handoff.lock() = Some(std::time::Instant::now());
+                    }
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -365,6 +419,20 @@ impl Cluster {
                 Err(_) => tracing::warn!(message = "membership step timed out", group = g),
             }
         }
+    }
+
+    /// Whether this node may stand for election in `group` yet: right after start only
+    /// where it is the preferred leader, so that leaders land where placement puts them
+    /// instead of on whichever node started last.
+    pub(super) fn may_stand(&self, group: GroupId) -> bool {
+        self.preferred.get(group as usize).copied().unwrap_or(true)
+            || self.started.elapsed() >= self.stand_after
+    }
+
+    /// Leaders hand off at most one group every few seconds, so a rebalance never takes
+    /// several groups' leaders away at once.
+    fn handoff_due(&self) -> bool {
+        self.last_handoff.lock().is_none_or(|t| t.elapsed() >= Duration::from_secs(3))
     }
 
     /// Refreshes the group and link gauges.

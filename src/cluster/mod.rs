@@ -59,12 +59,29 @@ pub enum ControlError {
     Write(#[from] WriteError),
 }
 
+/// What a cluster node starts before its groups: the transport (the groups' network),
+/// its metrics, and the service that answers peers (serving Raft RPCs as soon as the
+/// groups exist).
+pub struct Parts {
+    pub transport: Arc<Transport>,
+    pub metrics: Arc<ClusterMetrics>,
+    pub service: Arc<ClusterService>,
+}
+
+impl Parts {
+    /// Lets peers reach the groups (right after they started).
+    pub fn serve(&self, groups: &Arc<Groups>) {
+        let _ = self.service.groups.set(Arc::downgrade(groups));
+        groups.set_forward(Arc::new(Forwarder { transport: self.transport.clone() }));
+    }
+}
+
 /// Starts the transport for a cluster node (before the groups, whose network it is).
 pub fn start_transport(
     cfg: &ClusterConfig,
     node: NodeId,
     metrics: &crate::telemetry::Metrics,
-) -> Result<(Arc<Transport>, Arc<ClusterMetrics>), ClusterError> {
+) -> Result<Parts, ClusterError> {
     let identity = match (&cfg.ca, &cfg.cert, &cfg.key) {
         (Some(ca), Some(cert), Some(key)) => certs::load(ca, cert, key, &cfg.name, node)?,
         _ => {
@@ -84,7 +101,14 @@ pub fn start_transport(
     for m in &cfg.initial_members {
         t.learn(m.id, &m.addr);
     }
-    Ok((t, cm))
+    let service = Arc::new(ClusterService {
+        groups: std::sync::OnceLock::new(),
+        incarnation: t.incarnation(),
+        ready: std::sync::OnceLock::new(),
+        devices: std::sync::OnceLock::new(),
+    });
+    t.set_service(service.clone());
+    Ok(Parts { transport: t, metrics: cm, service })
 }
 
 /// How a fresh data directory initializes its groups, and which groups this node
@@ -110,10 +134,12 @@ pub fn initial(cfg: &ClusterConfig, node: NodeId, groups: u32) -> (Initial, Vec<
         let preferred =
             all.iter().map(|g| plan.get(g).and_then(|v| v.first()) == Some(&node)).collect();
         (Initial::Static(per_group), preferred)
-    } else if !cfg.join.is_empty() {
-        (Initial::Join, Vec::new())
     } else {
-        (Initial::Single(cfg.advertised().unwrap_or_default()), Vec::new())
+        // Joining, or waiting for `ctl cluster init` / `ctl cluster join`: a fresh node
+        // never forms a cluster of its own by accident (two such nodes would be two
+        // clusters). A directory that already has data (a single node's, say) starts
+        // from it: that node is the first of its cluster.
+        (Initial::Join, Vec::new())
     }
 }
 
@@ -146,6 +172,20 @@ impl crate::device::Remote for DeviceLink {
     }
 }
 
+/// Which groups this node should lead, from the placement its data directory holds (a
+/// restart): the preferred leader gets the shorter election timeout. Empty for a fresh
+/// directory.
+pub fn preferred_from_store(store: &crate::store::Store, node: NodeId, groups: u32) -> Vec<bool> {
+    let Ok(sm) = crate::raft::StateMachine::open(store, 0) else { return Vec::new() };
+    let Ok(stored) = records::placements(&sm.tree()) else { return Vec::new() };
+    if stored.is_empty() {
+        return Vec::new();
+    }
+    let first: BTreeMap<GroupId, NodeId> =
+        stored.into_iter().filter_map(|(g, p)| p.voters.first().map(|v| (g, *v))).collect();
+    (0..groups).map(|g| first.get(&g).is_none_or(|v| *v == node)).collect()
+}
+
 /// A running cluster node's cluster side.
 pub struct Cluster {
     pub transport: Arc<Transport>,
@@ -160,6 +200,16 @@ pub struct Cluster {
     started: Instant,
     /// Groups whose membership does not match their placement yet (controller's view).
     moving: parking_lot::Mutex<Vec<GroupId>>,
+    /// Addresses to join through (`cluster.join`, or `ctl cluster join`).
+    join: parking_lot::Mutex<Vec<String>>,
+    /// Wakes the registration loop (a join address was given).
+    kick: tokio::sync::Notify,
+    /// When this node last handed a group's leadership off.
+    last_handoff: parking_lot::Mutex<Option<Instant>>,
+    /// Groups this node should lead (empty: no preference).
+    preferred: Vec<bool>,
+    /// How long after start a node stands for election only where it is preferred.
+    stand_after: Duration,
 }
 
 impl Cluster {
@@ -167,23 +217,32 @@ impl Cluster {
     /// node's addresses; it registers itself with `state` (active for static members
     /// and a first node, joining for a node that joins).
     pub fn start(
-        transport: Arc<Transport>,
+        parts: Parts,
         groups: Arc<Groups>,
         cfg: ClusterConfig,
         me: MemberInfo,
-        metrics: Arc<ClusterMetrics>,
+        preferred: Vec<bool>,
+        election_timeout: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Cluster> {
+        let Parts { transport, metrics, service } = parts;
+        // `Groups::start` kept non-preferred groups from standing for election; after a
+        // while every group may (the reconciler then keeps nodes out of groups they are
+        // not placed in).
+        let g2 = groups.clone();
+        let stand_after = election_timeout * 4;
+        tokio::spawn(async move {
+            tokio::time::sleep(stand_after).await;
+            for g in g2.ids() {
+                if let Some(r) = g2.raft(g) {
+                    r.runtime_config().elect(true);
+                }
+            }
+        });
         let meta_ok = Arc::new(AtomicBool::new(false));
         let ok = meta_ok.clone();
-        let service = Arc::new(ClusterService {
-            groups: Arc::downgrade(&groups),
-            incarnation: transport.incarnation(),
-            ready: Arc::new(move || ok.load(Ordering::Acquire)),
-            devices: std::sync::OnceLock::new(),
-        });
-        transport.set_service(service.clone());
-        groups.set_forward(Arc::new(Forwarder { transport: transport.clone() }));
+        let cfg_join = cfg.join.clone();
+        let _ = service.ready.set(Arc::new(move || ok.load(Ordering::Acquire)));
         let c = Arc::new(Cluster {
             transport,
             groups,
@@ -195,9 +254,15 @@ impl Cluster {
             meta_ok_at: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             moving: parking_lot::Mutex::new(Vec::new()),
+            join: parking_lot::Mutex::new(cfg_join),
+            kick: tokio::sync::Notify::new(),
+            last_handoff: parking_lot::Mutex::new(None),
+            preferred,
+            stand_after,
         });
-        let state = if c.cfg.join.is_empty() { MemberState::Active } else { MemberState::Joining };
-        tokio::spawn(c.clone().register(state, shutdown.clone()));
+        // A node the meta group already holds registers as active (its record keeps the
+        // state it has); one that joins is registered as joining by the node it asks.
+        tokio::spawn(c.clone().register(MemberState::Active, shutdown.clone()));
         let tick = Duration::from_millis(c.cfg.placement_interval_ms);
         let s = c.clone();
         control::every(tick, shutdown.clone(), move || {
@@ -232,6 +297,11 @@ impl Cluster {
 
     pub fn node(&self) -> NodeId {
         self.me.id
+    }
+
+    /// This node's groups.
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -287,6 +357,56 @@ impl Cluster {
     /// Groups whose membership is being changed toward their placement.
     pub fn moving(&self) -> Vec<GroupId> {
         self.moving.lock().clone()
+    }
+
+    /// Whether any group of this node has been initialized (formed or joined).
+    pub async fn initialized(&self) -> bool {
+        for g in self.groups.ids() {
+            if let Some(r) = self.groups.raft(g) {
+                if r.is_initialized().await.unwrap_or(true) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Makes a fresh node the first node of a new cluster: every group with this node as
+    /// its only voter (`ctl cluster init`).
+    pub async fn init(&self) -> Result<(), ControlError> {
+        if self.initialized().await {
+            return Err(ControlError::Refused("this node already belongs to a cluster".into()));
+        }
+        if !self.join.lock().is_empty() {
+            return Err(ControlError::Refused("this node is joining a cluster".into()));
+        }
+        let me = BTreeMap::from([(self.me.id, BasicNode::new(self.me.cluster_addr.clone()))]);
+        for g in self.groups.ids() {
+            let Some(r) = self.groups.raft(g) else { continue };
+            if let Err(e) = r.initialize(me.clone()).await {
+                return Err(ControlError::Refused(format!("group {g}: {e}")));
+            }
+        }
+        self.kick.notify_one();
+        tracing::info!(message = "initialized a new cluster", node = self.me.id);
+        Ok(())
+    }
+
+    /// Makes a fresh node join the cluster that `address` (a member's cluster address)
+    /// belongs to (`ctl cluster join`).
+    pub async fn join(&self, address: &str) -> Result<(), ControlError> {
+        crate::config::check_host_port(address)
+            .map_err(|e| ControlError::Refused(format!("address: {e}")))?;
+        if self.initialized().await {
+            return Err(ControlError::Refused("this node already belongs to a cluster".into()));
+        }
+        let mut join = self.join.lock();
+        if !join.iter().any(|a| a == address) {
+            join.push(address.to_string());
+        }
+        drop(join);
+        self.kick.notify_one();
+        Ok(())
     }
 
     /// Sets a member's state (drain, undrain, remove) if the change is safe.

@@ -29,9 +29,12 @@ pub trait DeviceCalls: Send + Sync + 'static {
 /// forwarder holds the transport, which holds this service, and the groups must be
 /// dropped at shutdown (they hold the data directory's lock).
 pub struct ClusterService {
-    pub groups: Weak<Groups>,
+    /// Set once the groups exist (peers' requests before that get "starting").
+    pub groups: OnceLock<Weak<Groups>>,
     pub incarnation: u64,
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether this node is on the majority side of the meta group (set with the
+    /// cluster's loops).
+    pub ready: OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
     pub devices: OnceLock<Arc<dyn DeviceCalls>>,
 }
 
@@ -90,7 +93,7 @@ impl ClusterService {
         NodeStatus {
             id: groups.node(),
             incarnation: self.incarnation,
-            ready: (self.ready)(),
+            ready: self.ready.get().is_some_and(|r| r()),
             groups: groups.ids().filter_map(|g| group_status(groups, g)).collect(),
         }
     }
@@ -146,7 +149,10 @@ async fn join(groups: Arc<Groups>, info: MemberInfo) -> Answer {
 
 impl Service for ClusterService {
     fn admit(&self, node: NodeId) -> Result<(), String> {
-        let Some(groups) = self.groups.upgrade() else { return Err("node is stopping".into()) };
+        // Before the groups exist nothing says the peer was removed: it may connect (its
+        // requests are answered "starting" until then).
+        let Some(weak) = self.groups.get() else { return Ok(()) };
+        let Some(groups) = weak.upgrade() else { return Err("node is stopping".into()) };
         let removed = groups
             .data(0)
             .and_then(|d| records::read_member(d, node).ok().flatten())
@@ -159,9 +165,9 @@ impl Service for ClusterService {
     }
 
     fn handle(&self, _from: NodeId, req: Request) -> BoxFuture<'static, Answer> {
-        let Some(groups) = self.groups.upgrade() else {
-            return async { Answer::Error(WireError::Unavailable("node is stopping".into())) }
-                .boxed();
+        let Some(groups) = self.groups.get().and_then(Weak::upgrade) else {
+            let e = WireError::Unavailable("node is starting or stopping".into());
+            return async { Answer::Error(e) }.boxed();
         };
         match req {
             Request::Hello(_) => {

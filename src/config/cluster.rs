@@ -147,19 +147,23 @@ impl ClusterConfig {
         }
     }
 
-    pub(super) fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
+    /// Checks `name`: a DNS label, since node certificates are named `node-{id}.{name}`.
+    pub fn check_name(&self) -> Result<(), String> {
         let n = &self.name;
         let label_ok = !n.is_empty()
             && n.len() <= 63
             && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !n.starts_with('-')
             && !n.ends_with('-');
-        if !label_ok {
-            return Err(invalid(
-                "cluster.name",
-                "1 to 63 lower-case letters, digits or '-', not starting or ending with '-'",
-            ));
+        if label_ok {
+            Ok(())
+        } else {
+            Err("1 to 63 lower-case letters, digits or '-', not starting or ending with '-'".into())
         }
+    }
+
+    pub(super) fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
+        self.check_name().map_err(|e| invalid("cluster.name", e))?;
         if self.replication_factor == 0 || self.replication_factor > 7 {
             return Err(invalid("cluster.replication_factor", "must be between 1 and 7"));
         }

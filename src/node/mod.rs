@@ -105,10 +105,18 @@ impl Node {
             false => None,
         };
         let write_timeout = Duration::from_millis(cfg.cluster.write_timeout_ms);
+        let mut preferred_groups = Vec::new();
         let groups = match &transport {
-            Some((t, _)) => {
-                let (initial, preferred) =
+            Some(parts) => {
+                let t = &parts.transport;
+                let (initial, mut preferred) =
                     cluster::initial(&cfg.cluster, cfg.node.id, cfg.raft.shards + 1);
+                let stored =
+                    cluster::preferred_from_store(&store, cfg.node.id, cfg.raft.shards + 1);
+                if !stored.is_empty() {
+                    preferred = stored;
+                }
+                preferred_groups.clone_from(&preferred);
                 let opts = StartOptions {
                     node: cfg.node.id,
                     cluster: cfg.cluster.name.clone(),
@@ -132,6 +140,9 @@ impl Node {
             }
         };
         let groups = Arc::new(groups);
+        if let Some(parts) = &transport {
+            parts.serve(&groups);
+        }
         let auth = Arc::new(Auth::new(groups.clone(), &cfg, metrics.clone())?);
         let sessions = SessionStore::new(groups.clone());
         let moved = sessions.migrate_legacy(store.db()).await?;
@@ -166,9 +177,9 @@ impl Node {
             groups: groups.clone(),
             session_grace_ms: if cfg.cluster.enabled() { cfg.cluster.session_grace_ms } else { 0 },
         };
-        if let Some((t, _)) = &transport {
+        if let Some(parts) = &transport {
             let link = cluster::DeviceLink {
-                transport: t.clone(),
+                transport: parts.transport.clone(),
                 groups: groups.clone(),
                 timeout: Duration::from_millis(cfg.cluster.rpc_timeout_ms),
             };
@@ -224,7 +235,8 @@ impl Node {
         });
         let (done_tx, conns_done) = mpsc::channel(1);
         let bound = bind_listeners(ctx, done_tx).await?;
-        let cluster = transport.map(|(t, cm)| {
+        let cluster = transport.map(|parts| {
+            let t = parts.transport.clone();
             let host = |a: Option<SocketAddr>| {
                 a.map(|a| advertised(a, cfg.cluster.advertised().as_deref()))
             };
@@ -234,7 +246,15 @@ impl Node {
                 mqtt_addr: host(bound.tcp),
                 admin_addr: host(admin_addr),
             };
-            Cluster::start(t, groups.clone(), cfg.cluster.clone(), me, cm, shutdown_rx.clone())
+            Cluster::start(
+                parts,
+                groups.clone(),
+                cfg.cluster.clone(),
+                me,
+                preferred_groups,
+                Duration::from_millis(cfg.raft.election_timeout_ms),
+                shutdown_rx.clone(),
+            )
         });
         if let Some(c) = &cluster {
             cluster_ready.set(c.clone()).ok();

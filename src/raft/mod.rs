@@ -297,6 +297,11 @@ impl Groups {
             let raft = Raft::new(opts.node, config(g)?, network(g), log_store, sm)
                 .await
                 .map_err(|e| err(e.to_string()))?;
+            if !opts.preferred.get(g as usize).copied().unwrap_or(true) {
+                // Not this node's group to lead: it does not stand for election until the
+                // cluster lets it (`cluster::Cluster`), so the preferred node wins.
+                raft.runtime_config().elect(false);
+            }
             if !raft.is_initialized().await.map_err(|e| err(e.to_string()))? {
                 let members = match &opts.initial {
                     Initial::Single(addr) => {

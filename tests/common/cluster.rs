@@ -75,6 +75,7 @@ impl TestCluster {
     /// Node 1 alone (a fresh single node with the cluster on), then nodes 2..=n joining
     /// through it.
     pub async fn start_joined(n: usize, replication: usize) -> TestCluster {
+        log();
         let mut c = TestCluster { nodes: Vec::new(), cfgs: Vec::new(), dirs: Vec::new() };
         c.add_first(replication).await;
         for _ in 1..n {
@@ -85,8 +86,11 @@ impl TestCluster {
 
     async fn add_first(&mut self, replication: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = node_config(dir.path(), 1, free_udp_port());
+        let port = free_udp_port();
+        let mut cfg = node_config(dir.path(), 1, port);
         cfg.cluster.replication_factor = replication;
+        // A one-member static formation: the first node of a cluster others join.
+        cfg.cluster.initial_members = vec![format!("1@127.0.0.1:{port}").parse().unwrap()];
         let node = Node::start(cfg.clone()).await.expect("node 1 starts");
         self.nodes.push(Some(node));
         self.cfgs.push(cfg);

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod procs;
 pub mod raw;
 
 use std::net::SocketAddr;

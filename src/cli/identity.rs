@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::ctl::{call, cell, parse_object, table, CtlArgs};
+use super::ctl::{call, cell, parse_object, table, CtlArgs};
 
 #[derive(clap::Subcommand)]
 pub enum CredentialCmd {
@@ -91,6 +91,27 @@ pub enum CertCmd {
     SetStatus {
         id: String,
         status: String,
+    },
+    /// Cluster certificates for development (written locally, no node involved): a CA
+    /// and one certificate per node, `node-{id}.{cluster}`, in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Nodes 1..=N get a certificate.
+        #[arg(long)]
+        nodes: u64,
+        /// The cluster's name (`cluster.name`).
+        #[arg(long, default_value = "homeport")]
+        cluster: String,
+    },
+    /// One more node certificate from the CA in DIR (`ca.pem`, `ca.key`).
+    Node {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        #[arg(long, default_value = "homeport")]
+        cluster: String,
     },
 }
 
@@ -191,7 +212,7 @@ pub fn policies(a: &CtlArgs, c: &PolicyCmd) -> anyhow::Result<Out> {
         }
         PolicyCmd::Get { name } => {
             let v = call(a, "GET", &format!("/api/policies/{name}"), None)?;
-            let t = crate::ctl::pretty(&v["document"]);
+            let t = super::ctl::pretty(&v["document"]);
             (v, t)
         }
         PolicyCmd::Delete { name } => {
@@ -217,9 +238,52 @@ pub fn policies(a: &CtlArgs, c: &PolicyCmd) -> anyhow::Result<Out> {
     })
 }
 
+fn check_cluster_name(name: &str) -> anyhow::Result<()> {
+    let cfg = homeport::config::ClusterConfig { name: name.to_string(), ..Default::default() };
+    cfg.check_name().map_err(|e| anyhow::anyhow!("--cluster: {e}"))
+}
+
 pub fn certs(a: &CtlArgs, c: &CertCmd) -> anyhow::Result<Out> {
     let cert_fields = ["certificateId", "status", "subject", "thingName"];
     Ok(match c {
+        CertCmd::Init { dir, nodes, cluster } => {
+            if *nodes == 0 || *nodes > 1000 {
+                anyhow::bail!("--nodes: between 1 and 1000");
+            }
+            check_cluster_name(cluster)?;
+            if dir.join("ca.key").exists() {
+                anyhow::bail!(
+                    "--dir {}: holds a CA already (ca.key); use `ctl certs node`",
+                    dir.display()
+                );
+            }
+            let ids: Vec<u64> = (1..=*nodes).collect();
+            let g = homeport::cluster::certs::generate(cluster, &ids)?;
+            let files = homeport::cluster::certs::write_dir(dir, &g)?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            let t = format!(
+                "cluster {cluster:?}: CA and {nodes} node certificates\n{}",
+                names.join("\n")
+            );
+            (json!({"cluster": cluster, "files": names}), t)
+        }
+        CertCmd::Node { dir, id, cluster } => {
+            if *id == 0 {
+                anyhow::bail!("--id: must not be 0");
+            }
+            check_cluster_name(cluster)?;
+            let ca = read("--dir (ca.pem)", &dir.join("ca.pem"))?;
+            let key = read("--dir (ca.key)", &dir.join("ca.key"))?;
+            let (c, k) = homeport::cluster::certs::issue(&ca, &key, cluster, *id)?;
+            let g = homeport::cluster::certs::Generated {
+                ca_cert: String::new(),
+                ca_key: String::new(),
+                nodes: vec![(*id, c, k)],
+            };
+            let files = homeport::cluster::certs::write_dir(dir, &g)?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            (json!({"cluster": cluster, "files": names}), names.join("\n"))
+        }
         CertCmd::RegisterCa { file, auto_register, template } => {
             let template = match template {
                 Some(t) => Some(match t.strip_prefix('@') {

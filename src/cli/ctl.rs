@@ -1,5 +1,5 @@
 //! `homeport ctl`: the admin API from the command line. Things, groups, shadows and
-//! jobs; readable
+//! jobs here; identity in `identity`, the cluster in `cluster`; readable
 //! output by default, the API's JSON with `--json`. Errors name the field or repeat the
 //! API's `{"code", "message"}`.
 
@@ -41,16 +41,19 @@ enum CtlCmd {
     Jobs(JobCmd),
     /// Device credentials (secrets and public keys).
     #[command(subcommand)]
-    Credentials(crate::ctl_identity::CredentialCmd),
+    Credentials(super::identity::CredentialCmd),
     /// Authorization policies and their attachments.
     #[command(subcommand)]
-    Policies(crate::ctl_identity::PolicyCmd),
-    /// CA and device certificates.
+    Policies(super::identity::PolicyCmd),
+    /// CA and device certificates; cluster certificates for development (`certs init`).
     #[command(subcommand)]
-    Certs(crate::ctl_identity::CertCmd),
+    Certs(super::identity::CertCmd),
     /// Admin API tokens.
     #[command(subcommand)]
-    Tokens(crate::ctl_identity::TokenCmd),
+    Tokens(super::identity::TokenCmd),
+    /// The cluster: status, members, shards, init, join, drain, remove, faults.
+    #[command(subcommand)]
+    Cluster(super::cluster::ClusterCmd),
     /// The audit log of mutating admin requests.
     Audit {
         /// Entries after this sequence number.
@@ -630,11 +633,12 @@ pub fn main(a: CtlArgs) -> anyhow::Result<()> {
             let head = if first == "jobId" { "JOB" } else { "THING" };
             (v.clone(), table(&[head, "STATUS", "EXECUTION", "UPDATED"], &rows))
         }
-        CtlCmd::Credentials(c) => crate::ctl_identity::credentials(&a, c)?,
-        CtlCmd::Policies(c) => crate::ctl_identity::policies(&a, c)?,
-        CtlCmd::Certs(c) => crate::ctl_identity::certs(&a, c)?,
-        CtlCmd::Tokens(c) => crate::ctl_identity::tokens(&a, c)?,
-        CtlCmd::Audit { after, limit } => crate::ctl_identity::audit(&a, *after, *limit)?,
+        CtlCmd::Credentials(c) => super::identity::credentials(&a, c)?,
+        CtlCmd::Policies(c) => super::identity::policies(&a, c)?,
+        CtlCmd::Certs(c) => super::identity::certs(&a, c)?,
+        CtlCmd::Tokens(c) => super::identity::tokens(&a, c)?,
+        CtlCmd::Audit { after, limit } => super::identity::audit(&a, *after, *limit)?,
+        CtlCmd::Cluster(c) => super::cluster::run(&a, c)?,
     };
     if a.json {
         println!("{}", pretty(&out));

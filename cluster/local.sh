@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# N homeport nodes on this machine's loopback, as one cluster.
+#
+#   cluster/local.sh up N          start N nodes (certificates made on first use)
+#   cluster/local.sh status        the cluster as node 1 (or the first live node) sees it
+#   cluster/local.sh kill-9 NODE   SIGKILL one node
+#   cluster/local.sh stop NODE     SIGTERM one node and wait for it to exit
+#   cluster/local.sh start NODE    start one node again on its data directory
+#   cluster/local.sh down          stop every node this script started
+#
+# Node i: MQTT 127.0.0.1:(1880+i), WebSocket (8880+i), admin (8080+i), cluster QUIC on
+# UDP (7000+i). Data, logs, pids and certificates live under $CLUSTER_DIR (default
+# target/cluster). The binary is $HOMEPORT_BIN, else target/release/homeport (built if
+# missing). Anonymous devices and an admin API without tokens, as in the quick start.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIR=${CLUSTER_DIR:-$ROOT/target/cluster}
+BIN=${HOMEPORT_BIN:-$ROOT/target/release/homeport}
+
+ensure_bin() {
+  if [ ! -x "$BIN" ]; then
+    echo "building $BIN" >&2
+    (cd "$ROOT" && cargo build --release --quiet)
+  fi
+}
+
+size() { cat "$DIR/size" 2>/dev/null || { echo "no cluster under $DIR (run: $0 up N)" >&2; exit 1; }; }
+
+members() {
+  local n; n=$(size)
+  local out=""
+  for i in $(seq 1 "$n"); do out="$out${out:+,}$i@127.0.0.1:$((7000 + i))"; done
+  echo "$out"
+}
+
+pid_of() { cat "$DIR/node-$1/pid" 2>/dev/null || true; }
+
+alive() {
+  local p; p=$(pid_of "$1")
+  [ -n "$p" ] && kill -0 "$p" 2>/dev/null
+}
+
+start_node() {
+  local i=$1
+  if alive "$i"; then echo "node $i is running (pid $(pid_of "$i"))"; return; fi
+  mkdir -p "$DIR/node-$i"
+  "$BIN" serve --node-id "$i" --data-dir "$DIR/node-$i/data" \
+    --mqtt-bind "127.0.0.1:$((1880 + i))" --ws-bind "127.0.0.1:$((8880 + i))" \
+    --admin-bind "127.0.0.1:$((8080 + i))" --cluster-bind "127.0.0.1:$((7000 + i))" \
+    --initial-members "$(members)" \
+    --cluster-ca "$DIR/certs/ca.pem" --cluster-cert "$DIR/certs/node-$i.pem" \
+    --cluster-key "$DIR/certs/node-$i.key" --cluster-fault-injection true \
+    >>"$DIR/node-$i/log" 2>&1 &
+  echo $! >"$DIR/node-$i/pid"
+  echo "node $i: pid $!, mqtt 127.0.0.1:$((1880 + i)), ws 127.0.0.1:$((8880 + i)), admin 127.0.0.1:$((8080 + i)), cluster udp 127.0.0.1:$((7000 + i)), log $DIR/node-$i/log"
+}
+
+wait_ready() {
+  local i=$1
+  for _ in $(seq 1 100); do
+    if "$BIN" ctl --admin "127.0.0.1:$((8080 + i))" cluster members >/dev/null 2>&1; then return 0; fi
+    alive "$i" || { echo "node $i exited; see $DIR/node-$i/log" >&2; return 1; }
+    sleep 0.2
+  done
+  echo "node $i did not answer within 20 s" >&2
+  return 1
+}
+
+cmd=${1:-}
+case "$cmd" in
+  up)
+    n=${2:?usage: $0 up N}
+    ensure_bin
+    mkdir -p "$DIR"
+    if [ -f "$DIR/size" ] && [ "$(cat "$DIR/size")" != "$n" ]; then
+      echo "$DIR holds a cluster of $(cat "$DIR/size") nodes; run '$0 down' and remove $DIR first" >&2
+      exit 1
+    fi
+    echo "$n" >"$DIR/size"
+    [ -f "$DIR/certs/ca.pem" ] || "$BIN" ctl certs init --dir "$DIR/certs" --nodes "$n" >/dev/null
+    for i in $(seq 1 "$n"); do start_node "$i"; done
+    for i in $(seq 1 "$n"); do wait_ready "$i"; done
+    "$BIN" ctl --admin 127.0.0.1:8081 cluster members
+    ;;
+  status)
+    n=$(size)
+    for i in $(seq 1 "$n"); do
+      if alive "$i"; then echo "node $i: running (pid $(pid_of "$i"))"; else echo "node $i: down"; fi
+    done
+    for i in $(seq 1 "$n"); do
+      if alive "$i"; then exec "$BIN" ctl --admin "127.0.0.1:$((8080 + i))" cluster status; fi
+    done
+    ;;
+  kill-9)
+    i=${2:?usage: $0 kill-9 NODE}
+    alive "$i" && kill -9 "$(pid_of "$i")" && echo "node $i killed" || echo "node $i is not running"
+    ;;
+  stop)
+    i=${2:?usage: $0 stop NODE}
+    if alive "$i"; then
+      p=$(pid_of "$i"); kill -TERM "$p"
+      for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      echo "node $i stopped"
+    else
+      echo "node $i is not running"
+    fi
+    ;;
+  start)
+    i=${2:?usage: $0 start NODE}
+    ensure_bin; size >/dev/null
+    start_node "$i"; wait_ready "$i"
+    ;;
+  down)
+    n=$(size)
+    for i in $(seq 1 "$n"); do alive "$i" && kill -TERM "$(pid_of "$i")" || true; done
+    for i in $(seq 1 "$n"); do
+      p=$(pid_of "$i"); [ -z "$p" ] && continue
+      for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$p" 2>/dev/null && kill -9 "$p" || true
+      rm -f "$DIR/node-$i/pid"
+    done
+    echo "stopped; data stays in $DIR"
+    ;;
+  *)
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

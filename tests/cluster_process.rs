@@ -1,0 +1,266 @@
+//! Multi-node behaviour with `homeport serve` processes: `kill -9` of the node leading
+//! the most groups under a steady load of shadow updates and offline-queue publishes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::procs::{get_json, wait_formed, ProcCluster};
+use homeport::mqtt::{self, Packet, Properties, Protocol, QoS, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A v5 connection that follows CONNACK 0x9C redirects (at most 3) and never panics on
+/// a broken socket: the load must survive the nodes it talks to dying.
+struct Conn {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn send(&mut self, p: &Packet) -> bool {
+        let mut out = BytesMut::new();
+        mqtt::encode(p, Protocol::V5, &mut out);
+        self.s.write_all(&out).await.is_ok()
+    }
+
+    async fn recv(&mut self, within: Duration) -> Option<Packet> {
+        tokio::time::timeout(within, async {
+            loop {
+                match mqtt::decode(&mut self.buf, Protocol::V5, 1 << 24, 1024) {
+                    Ok(Some(d)) => return Some(d.packet),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Connects `id` through any of `nodes`, following redirects; the CONNACK's session
+    /// present flag.
+    async fn open(nodes: &[SocketAddr], id: &str, clean: bool) -> Option<(Conn, bool)> {
+        for start in nodes {
+            let mut at = *start;
+            for _ in 0..3 {
+                let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(at)).await
+                else {
+                    break;
+                };
+                let mut c = Conn { s, buf: BytesMut::new() };
+                let mut props = Properties::default();
+                if !clean {
+                    props.session_expiry_interval = Some(3600);
+                }
+                let connect = common::raw::connect_packet(id, Protocol::V5, clean, props);
+                if !c.send(&Packet::Connect(Box::new(connect))).await {
+                    break;
+                }
+                match c.recv(Duration::from_secs(10)).await {
+                    Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
+                        return Some((c, a.session_present))
+                    }
+                    Some(Packet::ConnAck(a)) if a.reason == ReasonCode::UseAnotherServer => {
+                        match a.properties.server_reference.and_then(|r| r.parse().ok()) {
+                            Some(next) => at = next,
+                            None => break,
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        None
+    }
+}
+
+fn mqtt_addrs(c: &ProcCluster) -> Vec<SocketAddr> {
+    c.running().into_iter().map(|i| c.proc(i).mqtt).collect()
+}
+
+/// A client id in `shard` of 16.
+fn id_in(shard: u32, prefix: &str) -> String {
+    common::cluster::thing_in_shard(shard, 16, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_busiest_leader_loses_no_acknowledged_write() {
+    let mut c = ProcCluster::start(3, &[]);
+    let view = wait_formed(c.proc(0), 3, Duration::from_secs(60)).await;
+    // The node leading the most groups, and a shard it leads.
+    let (victim_id, leads) = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["leads"].as_array().unwrap().clone()))
+        .max_by_key(|(_, l)| l.len())
+        .unwrap();
+    let victim = victim_id as usize - 1;
+    let shard =
+        leads.iter().filter_map(|g| g.as_u64()).find(|g| *g > 0).expect("leads a shard") as u32;
+
+    // The offline session: subscribed at QoS 1, then gone.
+    let device = id_in(shard, "sleepy");
+    let (mut d, _) = Conn::open(&mqtt_addrs(&c), &device, false).await.expect("device connects");
+    let sub = common::raw::subscribe(1, &[(&format!("to/{device}"), mqtt::QoS::AtLeastOnce)], None);
+    assert!(d.send(&sub).await);
+    assert!(matches!(d.recv(Duration::from_secs(10)).await, Some(Packet::SubAck(_))));
+    assert!(
+        d.send(&Packet::Disconnect(mqtt::Disconnect {
+            reason: ReasonCode::Success,
+            properties: Properties::default()
+        }))
+        .await
+    );
+    drop(d);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Load 1: QoS 1 publishes to the offline session from a client of the same shard
+    // (the session's node is where they enter), reconnecting through any node.
+    let addrs = mqtt_addrs(&c);
+    let publisher = id_in(shard, "feeder");
+    let topic = format!("to/{device}");
+    let stop1 = stop.clone();
+    let feeder = tokio::spawn(async move {
+        let mut acked: Vec<u32> = Vec::new();
+        let mut seq: u32 = 0;
+        while !stop1.load(Ordering::Relaxed) {
+            let Some((mut p, _)) = Conn::open(&addrs, &publisher, true).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            while !stop1.load(Ordering::Relaxed) {
+                seq += 1;
+                let pkid = (seq % 60_000) as u16 + 1;
+                let pkt = common::raw::publish(&topic, QoS::AtLeastOnce, pkid, &seq.to_string());
+                if !p.send(&pkt).await {
+                    break;
+                }
+                match p.recv(Duration::from_secs(10)).await {
+                    Some(Packet::PubAck(a)) if a.pkid == pkid && !a.reason.is_error() => {
+                        acked.push(seq)
+                    }
+                    Some(Packet::PubAck(_)) => {}
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        acked
+    });
+    // Load 2: shadow updates of one thing per shard through the admin API of a node
+    // that survives; each thing's writes are sequential.
+    let admin = c.proc((victim + 1) % 3).admin;
+    let mut writers = Vec::new();
+    for s in 1..=16u32 {
+        let thing = id_in(s, "meter");
+        let stop2 = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut attempted) = (0u64, 0u64);
+            let mut n_acked = 0u64;
+            let mut outage: Option<Instant> = None;
+            let mut worst = Duration::ZERO;
+            while !stop2.load(Ordering::Relaxed) {
+                attempted += 1;
+                let body = format!(r#"{{"state":{{"desired":{{"n":{attempted}}}}}}}"#);
+                let path = format!("/api/things/{thing}/shadow");
+                let (status, _) = common::http(admin, "POST", &path, &body).await;
+                if status == 200 {
+                    acked = attempted;
+                    n_acked += 1;
+                    if let Some(t) = outage.take() {
+                        worst = worst.max(t.elapsed());
+                    }
+                } else {
+                    outage.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            (thing, acked, attempted, n_acked, worst)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.kill9(victim);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = feeder.await.unwrap();
+    let mut shadows = Vec::new();
+    for w in writers {
+        shadows.push(w.await.unwrap());
+    }
+    assert!(acked.len() > 20, "the feeder got few acknowledgements: {}", acked.len());
+    c.restart(victim);
+    wait_formed(c.proc(victim), 3, Duration::from_secs(60)).await;
+
+    // Every acknowledged shadow write is there (a write whose answer was lost may be too).
+    for (thing, last_acked, attempted, n_acked, worst) in &shadows {
+        assert!(*n_acked > 0, "{thing}: no write accepted");
+        assert!(*worst < Duration::from_secs(10), "{thing} unavailable for {worst:?}");
+        let path = format!("/api/things/{thing}/shadow");
+        let doc = loop {
+            if let Some(d) = get_json(c.proc(victim), &path).await {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let n = doc["state"]["desired"]["n"].as_u64().unwrap();
+        assert!(n >= *last_acked && n <= *attempted, "{thing}: n {n}, acked {last_acked}");
+        assert!(doc["version"].as_u64().unwrap() >= *n_acked, "{thing}: {doc}");
+    }
+    // Every acknowledged publish is in the offline queue, in order.
+    let (mut d, present) = Conn::open(&mqtt_addrs(&c), &device, false).await.expect("device back");
+    assert!(present, "the persistent session survived");
+    let mut got: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut last = 0;
+    while let Some(p) = d.recv(Duration::from_secs(3)).await {
+        if let Packet::Publish(p) = p {
+            let seq: u32 = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+            assert!(seq >= last || got.contains_key(&seq), "out of order: {seq} after {last}");
+            last = last.max(seq);
+            *got.entry(seq).or_default() += 1;
+            d.send(&Packet::PubAck(mqtt::PubResp::ok(p.pkid))).await;
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|s| !got.contains_key(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    // And the replicas agree.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut by_group: BTreeMap<u64, Vec<(String, Option<u64>)>> = BTreeMap::new();
+        for i in c.running() {
+            for g in get_json(c.proc(i), "/api/cluster/digests").await.unwrap().as_array().unwrap()
+            {
+                if g["member"] == true {
+                    let key = g["group"].as_u64().unwrap();
+                    by_group
+                        .entry(key)
+                        .or_default()
+                        .push((g["digest"].to_string(), g["applied"].as_u64()));
+                }
+            }
+        }
+        let equal = by_group.values().all(|v| v.len() == 3 && v.windows(2).all(|w| w[0] == w[1]));
+        if equal {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replicas differ: {by_group:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

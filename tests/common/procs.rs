@@ -1,0 +1,141 @@
+//! Clusters of `homeport serve` processes for tests: static members on loopback QUIC
+//! with cluster certificates made by the library (as `ctl certs init` makes them), MQTT
+//! and admin ports chosen by the OS.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::cluster::free_udp_port;
+use super::process::Proc;
+
+pub struct ProcCluster {
+    pub procs: Vec<Option<Proc>>,
+    pub dirs: Vec<tempfile::TempDir>,
+    pub certs: tempfile::TempDir,
+    members: String,
+    ports: Vec<u16>,
+    extra: Vec<String>,
+}
+
+fn cert(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+impl ProcCluster {
+    /// `n` nodes with `extra` arguments each (a config file, say).
+    pub fn start(n: usize, extra: &[&str]) -> ProcCluster {
+        let certs = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let g = homeport::cluster::certs::generate("homeport", &ids).unwrap();
+        homeport::cluster::certs::write_dir(certs.path(), &g).unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = ProcCluster {
+            procs: Vec::new(),
+            dirs: Vec::new(),
+            certs,
+            members,
+            ports,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..n {
+            c.dirs.push(tempfile::tempdir().unwrap());
+        }
+        // Started in parallel: each waits for its own start line.
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let args = c.args(i);
+                let dir = c.dirs[i].path().to_path_buf();
+                std::thread::spawn(move || spawn(&dir, &args))
+            })
+            .collect();
+        c.procs = handles.into_iter().map(|h| Some(h.join().expect("node starts"))).collect();
+        c
+    }
+
+    fn args(&self, i: usize) -> Vec<String> {
+        let id = i + 1;
+        let mut a: Vec<String> = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--cluster-bind".into(),
+            format!("127.0.0.1:{}", self.ports[i]),
+            "--initial-members".into(),
+            self.members.clone(),
+            "--cluster-ca".into(),
+            cert(self.certs.path(), "ca.pem"),
+            "--cluster-cert".into(),
+            cert(self.certs.path(), &format!("node-{id}.pem")),
+            "--cluster-key".into(),
+            cert(self.certs.path(), &format!("node-{id}.key")),
+            "--cluster-fault-injection".into(),
+            "true".into(),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    pub fn proc(&self, i: usize) -> &Proc {
+        self.procs[i].as_ref().expect("node is running")
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.child.kill().expect("SIGKILL");
+            p.child.wait().expect("reaped");
+        }
+    }
+
+    /// Starts node `i` again on its data directory (new MQTT and admin ports).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "node {i} is running");
+        let dir: PathBuf = self.dirs[i].path().to_path_buf();
+        self.procs[i] = Some(spawn(&dir, &self.args(i)));
+    }
+
+    /// Running nodes, by index.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.procs.len()).filter(|i| self.procs[*i].is_some()).collect()
+    }
+}
+
+fn spawn(dir: &Path, args: &[String]) -> Proc {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn_with(dir, &refs)
+}
+
+/// GET `path` on node `i`'s admin API as JSON.
+pub async fn get_json(p: &Proc, path: &str) -> Option<serde_json::Value> {
+    let (status, body) = super::http_get(p.admin, path).await;
+    (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+/// Waits until `/api/cluster` on node `p` shows every group with a leader and `voters`
+/// voters.
+pub async fn wait_formed(p: &Proc, voters: usize, within: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = get_json(p, "/api/cluster").await {
+            let groups = v["groups"].as_array().cloned().unwrap_or_default();
+            let ok = !groups.is_empty()
+                && groups.iter().all(|g| {
+                    g["leader"].is_u64() && g["voters"].as_array().map(Vec::len) == Some(voters)
+                })
+                && v["members"].as_array().is_some_and(|m| {
+                    m.iter().all(|m| m["mqttAddr"].is_string() && m["reachable"] == true)
+                });
+            if ok {
+                return v;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cluster did not form in {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
