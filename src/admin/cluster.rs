@@ -53,7 +53,7 @@ pub struct FollowerLag {
 /// One Raft group across the cluster.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct GroupView {
+pub struct ShardView {
     pub group: u32,
     /// "meta" or "shard".
     pub kind: String,
@@ -83,7 +83,7 @@ pub struct ClusterView {
     pub healthy: bool,
     pub replication_factor: usize,
     pub members: Vec<MemberView>,
-    pub groups: Vec<GroupView>,
+    pub groups: Vec<ShardView>,
     /// Groups whose membership is being moved toward their placement.
     pub moving: Vec<u32>,
 }
@@ -182,7 +182,7 @@ async fn view(c: &Cluster) -> ClusterView {
         .into_values()
         .map(|g| {
             let last = g.last_log.unwrap_or(0);
-            GroupView {
+            ShardView {
                 group: g.group,
                 kind: if g.group == 0 { "meta".into() } else { "shard".into() },
                 leader: g.leader,
@@ -236,7 +236,7 @@ pub async fn members(State(s): State<AdminState>) -> Result<Response, Fail> {
 
 /// Every group: placement, voters, learners, leader, term and follower lag.
 #[utoipa::path(get, path = "/api/cluster/shards", tag = "cluster",
-    responses((status = 200, body = Vec<GroupView>), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Vec<ShardView>), (status = 404, body = ApiError)))]
 pub async fn shards(State(s): State<AdminState>) -> Result<Response, Fail> {
     let c = cluster(&s)?;
     Ok(Json(view(&c).await.groups).into_response())
