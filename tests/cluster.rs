@@ -158,3 +158,50 @@ async fn an_isolated_node_refuses_durable_writes_then_catches_up() {
     assert_eq!(v["state"]["desired"]["n"], 3, "{doc}");
     c.shutdown().await;
 }
+
+/// Leaders spread over the nodes (each leads its share, give or take one), a drained
+/// node hands every group's leadership off and keeps its replicas (three nodes: nobody
+/// else can take them), and an undrained one gets its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaders_spread_and_move_off_a_draining_node() {
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let groups = c.node(0).groups.ids().count();
+    let leads = |c: &TestCluster, i: usize| {
+        let n = c.node(i);
+        n.groups.ids().filter(|g| n.groups.is_leader(*g)).count()
+    };
+    let fair = groups.div_ceil(3);
+    let spread =
+        |c: &TestCluster| (0..3).all(|i| leads(c, i) + 1 >= groups / 3 && leads(c, i) <= fair);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !spread(&c) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leaders not spread: {:?}",
+            (0..3).map(|i| leads(&c, i)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let admin = c.node(0).admin_addr.unwrap();
+    let (status, body) = common::http(admin, "POST", "/api/cluster/members/3/drain", "").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while leads(&c, 2) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "node 3 still leads {}", leads(&c, 2));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let (status, body) = common::http(admin, "POST", "/api/cluster/members/3/undrain", "").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while leads(&c, 2) + 1 < groups / 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 leads {} after undrain",
+            leads(&c, 2)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.shutdown().await;
+}

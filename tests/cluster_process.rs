@@ -48,9 +48,21 @@ impl Conn {
         .flatten()
     }
 
-    /// Connects `id` through any of `nodes`, following redirects; the CONNACK's session
-    /// present flag.
+    /// Connects `id` through any of `nodes`, following redirects, retrying for up to 15 s
+    /// (a shard without a leader for a moment answers 0x88, as clients expect); the
+    /// CONNACK's session present flag.
     async fn open(nodes: &[SocketAddr], id: &str, clean: bool) -> Option<(Conn, bool)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(c) = Conn::open_once(nodes, id, clean).await {
+                return Some(c);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    async fn open_once(nodes: &[SocketAddr], id: &str, clean: bool) -> Option<(Conn, bool)> {
         for start in nodes {
             let mut at = *start;
             for _ in 0..3 {

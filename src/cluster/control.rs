@@ -33,6 +33,8 @@ use crate::raft::{Command, GroupId, Response};
 
 /// A learner this many entries behind the leader (or closer) counts as caught up.
 const CAUGHT_UP_LAG: u64 = 64;
+/// How long the other voters keep out of an election while a leader hands off.
+const HOLD_MS: u32 = 4000;
 
 /// Runs `f` every `every` until `shutdown` flips.
 pub(super) fn every<F, Fut>(every: Duration, mut shutdown: watch::Receiver<bool>, mut f: F)
@@ -389,7 +391,11 @@ impl Cluster {
                             .and_then(|r| r.get(id).copied().flatten())
                             .is_some_and(|l| l.index + CAUGHT_UP_LAG >= last)
                     });
-                    if others_caught_up {
+                    let to = preferred.unwrap_or_default();
+                    if others_caught_up
+                        && voters.contains(&to)
+                        && self.hold_others(g, &voters, to).await
+                    {
                         let rest: BTreeSet<NodeId> =
                             voters.iter().copied().filter(|v| *v != self.me.id).collect();
                         tracing::info!(message = "handing leadership off", group = g, to = ?preferred);
@@ -425,8 +431,19 @@ impl Cluster {
     /// where it is the preferred leader, so that leaders land where placement puts them
     /// instead of on whichever node started last.
     pub(super) fn may_stand(&self, group: GroupId) -> bool {
-        self.preferred.get(group as usize).copied().unwrap_or(true)
-            || self.started.elapsed() >= self.stand_after
+        !self.service.held(group)
+            && (self.preferred.get(group as usize).copied().unwrap_or(true)
+                || self.started.elapsed() >= self.stand_after)
+    }
+
+    /// Asks every voter of `group` but this node and `to` not to stand for a while, so
+    /// that `to` is the one elected once this node steps down. All must agree.
+    async fn hold_others(&self, group: GroupId, voters: &BTreeSet<NodeId>, to: NodeId) -> bool {
+        let asks = voters.iter().filter(|v| **v != self.me.id && **v != to).map(|v| {
+            let req = Request::Hold { group, millis: HOLD_MS };
+            self.transport.call(*v, Class::Raft, req, Duration::from_millis(500))
+        });
+        futures_util::future::join_all(asks).await.iter().all(|r| matches!(r, Ok(Answer::Held)))
     }
 
     /// Leaders hand off at most one group every few seconds, so a rebalance never takes

@@ -106,6 +106,7 @@ pub fn start_transport(
         incarnation: t.incarnation(),
         ready: std::sync::OnceLock::new(),
         devices: std::sync::OnceLock::new(),
+        holds: Default::default(),
     });
     t.set_service(service.clone());
     Ok(Parts { transport: t, metrics: cm, service })

@@ -36,6 +36,23 @@ pub struct ClusterService {
     /// cluster's loops).
     pub ready: OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
     pub devices: OnceLock<Arc<dyn DeviceCalls>>,
+    /// Groups this node must not stand for election in, until when (`Request::Hold`).
+    pub holds: parking_lot::Mutex<std::collections::HashMap<GroupId, std::time::Instant>>,
+}
+
+impl ClusterService {
+    /// Whether a hold keeps this node from standing in `group` now.
+    pub fn held(&self, group: GroupId) -> bool {
+        let mut h = self.holds.lock();
+        match h.get(&group) {
+            Some(until) if std::time::Instant::now() < *until => true,
+            Some(_) => {
+                h.remove(&group);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 pub(crate) fn wire_error(e: WriteError, groups: &Groups) -> WireError {
@@ -198,6 +215,15 @@ impl Service for ClusterService {
             }
             .boxed(),
             Request::Join(info) => join(groups, info).boxed(),
+            Request::Hold { group, millis } => {
+                let Some(raft) = groups.raft(group) else {
+                    return async move { Answer::Error(WireError::UnknownGroup(group)) }.boxed();
+                };
+                let until = std::time::Instant::now() + Duration::from_millis(u64::from(millis));
+                self.holds.lock().insert(group, until);
+                raft.runtime_config().elect(false);
+                async { Answer::Held }.boxed()
+            }
             Request::Status => {
                 let s = self.status(&groups);
                 async move { Answer::Status(s) }.boxed()

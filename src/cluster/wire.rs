@@ -218,6 +218,12 @@ pub enum Request {
     Join(MemberInfo),
     /// The node's view of itself and its groups.
     Status,
+    /// Do not stand for election in `group` for `millis` (a leader hands the group to
+    /// another voter: only that one may stand).
+    Hold {
+        group: GroupId,
+        millis: u32,
+    },
     Device(DeviceCall),
 }
 
@@ -230,6 +236,7 @@ pub enum Answer {
     ReadIndex(Option<u64>),
     Joined { members: Vec<MemberInfo> },
     Status(NodeStatus),
+    Held,
     Device(DeviceAnswer),
     Error(WireError),
 }

@@ -246,8 +246,8 @@ pub struct RaftConfig {
     /// Raft's heartbeat interval. openraft 0.9 times every append out after this long,
     /// entries included: a follower must receive, append, flush and answer within it.
     pub heartbeat_ms: u64,
-    /// Election timeout of a group's preferred leader (its lower bound; the upper bound
-    /// is 1.5 times this). Other voters wait 1.5 to 3 times this before they stand.
+    /// Lower bound of the election timeout; the upper bound (and openraft's leader
+    /// lease) is twice this.
     pub election_timeout_ms: u64,
     /// Most log entries in one append (each entry holds up to 1024 commands).
     pub max_payload_entries: u64,

@@ -144,8 +144,9 @@ pub struct StartOptions {
     pub initial: Initial,
     /// Longest wait for a write to commit (then [`WriteError::Unavailable`]).
     pub write_timeout: Duration,
-    /// Per group: whether this node should lead it when it can (a shorter election
-    /// timeout; openraft 0.9 has no leader transfer). Empty: no preference.
+    /// Per group: whether this node should lead it. A node does not stand for election
+    /// in the others until the cluster lets it (openraft 0.9 has no leader transfer).
+    /// Empty: no preference.
     pub preferred: Vec<bool>,
 }
 
@@ -259,13 +260,11 @@ impl Groups {
     ) -> Result<Groups, RaftStartError> {
         let fresh = check_identity(store, cfg, &opts)?;
         let config = |g: GroupId| {
-            let preferred = opts.preferred.get(g as usize).copied().unwrap_or(true);
-            // A node that should not lead this group waits longer before it stands.
-            let (min, max) = if preferred {
-                (cfg.election_timeout_ms, cfg.election_timeout_ms * 3 / 2)
-            } else {
-                (cfg.election_timeout_ms * 3 / 2, cfg.election_timeout_ms * 3)
-            };
+            // The same timeouts on every node: openraft's leader lease is the election
+            // timeout's upper bound, and a voter refuses votes during its lease, so a
+            // node with a shorter timeout would be refused by one with a longer lease
+            // and lose to it. Who should lead is decided by who may stand (`elect`).
+            let (min, max) = (cfg.election_timeout_ms, cfg.election_timeout_ms * 2);
             openraft::Config {
                 cluster_name: opts.cluster.clone(),
                 heartbeat_interval: cfg.heartbeat_ms,
@@ -286,7 +285,7 @@ impl Groups {
         let write_timeout = opts.write_timeout;
         // The lease: a leader that heard from no quorum for longer than the longest
         // election timeout may have been replaced already.
-        let lease = Duration::from_millis(cfg.election_timeout_ms * 3);
+        let lease = Duration::from_millis(cfg.election_timeout_ms * 2);
         let mut groups = Vec::with_capacity(cfg.shards as usize + 1);
         for g in 0..=cfg.shards {
             let err = |reason: String| RaftStartError::Group { group: g, reason };
