@@ -224,9 +224,6 @@ impl Cluster {
             }
         }
         *self.moving.lock() = moving.clone();
-        if !moving.is_empty() {
-            return;
-        }
         // A voter that has no member record yet (it has not registered since the cluster
         // formed) would look like a lost node: wait for it rather than plan around it.
         let known: BTreeSet<NodeId> = members.iter().map(|m| m.info.id).collect();
@@ -237,23 +234,38 @@ impl Cluster {
         let states: Vec<(NodeId, MemberState)> =
             members.iter().map(|m| (m.info.id, m.state)).collect();
         let plan = placement::plan(&all, &states, &current, self.cfg.replication_factor);
-        for g in &all {
-            let (Some(want), Some(have)) = (plan.get(g), stored.get(g)) else { continue };
-            if want != &have.voters {
-                let moves = set(want) != set(&have.voters);
-                tracing::info!(message = "placement change", group = g, from = ?have.voters, to = ?want);
+        let write =
+            |g: GroupId, want: Vec<NodeId>, have: &records::Placement, kind: &'static str| {
                 let cmd = Command::Cluster(ClusterCommand::PutPlacement {
-                    group: *g,
+                    group: g,
                     voters: want.clone(),
                     expect: Some(have.version),
                 });
-                if self.groups.write(0, cmd).await.is_ok() {
-                    let kind = if moves { "placement_move" } else { "leader_preference" };
-                    self.metrics.membership_changes.with_label_values(&[kind]).inc();
-                }
-                if moves {
-                    return;
-                }
+                (cmd, (g, have.voters.clone(), want, kind))
+            };
+        // Leader preferences change no membership (leaders hand off one at a time on
+        // their own): written even while groups move, so hand-offs aim right.
+        let mut cmds = Vec::new();
+        let mut moves = Vec::new();
+        for g in &all {
+            let (Some(want), Some(have)) = (plan.get(g), stored.get(g)) else { continue };
+            if want == &have.voters {
+                continue;
+            }
+            if set(want) == set(&have.voters) {
+                cmds.push(write(*g, want.clone(), have, "leader_preference"));
+            } else {
+                moves.push(write(*g, want.clone(), have, "placement_move"));
+            }
+        }
+        // One group's voters move at a time, and only once no other group is moving.
+        if moving.is_empty() {
+            cmds.extend(moves.into_iter().take(1));
+        }
+        for (cmd, (g, from, to, kind)) in cmds {
+            tracing::info!(message = "placement change", group = g, ?from, ?to, kind);
+            if self.groups.write(0, cmd).await.is_ok() {
+                self.metrics.membership_changes.with_label_values(&[kind]).inc();
             }
         }
     }
@@ -327,7 +339,23 @@ impl Cluster {
             let nodes: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             if !voters.contains(&self.me.id) {
-                continue; // it demoted itself and steps down once that is applied
+                // A leader that is not a voter (it handed off, or a change left it a
+                // learner) leaves the membership so that it steps down; the next leader
+                // adds it back where placement wants it.
+                if nodes.contains(&self.me.id) {
+                    let me = BTreeSet::from([self.me.id]);
+                    let leave = raft.change_membership(ChangeMembers::RemoveNodes(me), false);
+                    match tokio::time::timeout(Duration::from_secs(10), leave).await {
+                        Ok(Ok(_)) => {
+                            tracing::info!(message = "left a group it led as a learner", group = g)
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(message = "leaving the group failed", group = g, error = %e)
+                        }
+                        Err(_) => {}
+                    }
+                }
+                continue;
             }
             let step = async {
                 if let Some(add) = voters_want.union(&learners_want).find(|id| !nodes.contains(id))
@@ -352,10 +380,14 @@ impl Cluster {
                         return Ok("waiting");
                     }
                     tracing::info!(message = "changing voters", group = g, from = ?voters, to = ?voters_want);
+                    // Voters that leave stay as learners (dropped below unless the meta
+                    // group wants them), except this leader itself: an openraft leader
+                    // that is still a learner keeps leading; out entirely, it steps down.
+                    let retain = voters_want.contains(&self.me.id);
                     return raft
                         .change_membership(
                             ChangeMembers::ReplaceAllVoters(voters_want.clone()),
-                            true,
+                            retain,
                         )
                         .await
                         .map(|_| "replace_voters");

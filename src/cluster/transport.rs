@@ -347,6 +347,23 @@ impl Transport {
         self.endpoint.close(CLOSE_SHUTDOWN.into(), b"shutdown");
     }
 
+    /// Waits (at most `within`) until the endpoint's connections are closed, then, once
+    /// this last handle is dropped, until its UDP port can be bound again (an in-process
+    /// restart on the same port).
+    pub async fn released(self: Arc<Self>, within: Duration) {
+        let _ = tokio::time::timeout(within, self.endpoint.wait_idle()).await;
+        let Some(addr) = self.local_addr() else { return };
+        drop(self);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(message = "cluster port still held after shutdown", %addr);
+    }
+
     /// Round-trip time of the link to each peer with a live connection.
     pub fn links(&self) -> Vec<(NodeId, Duration, quinn::ConnectionStats)> {
         let mut out: Vec<_> = self

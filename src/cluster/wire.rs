@@ -241,6 +241,16 @@ pub enum Answer {
     Error(WireError),
 }
 
+impl Answer {
+    /// The error this answer carries, if it is one.
+    pub fn error(&self) -> Option<WireError> {
+        match self {
+            Answer::Error(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,7 +334,11 @@ impl Node {
         self.raft_log.flush().await?;
         let closed = self.store.released();
         let log_closed = self.raft_log.released();
+        let transport = self.cluster.as_ref().map(|c| c.transport.clone());
         drop(self);
+        if let Some(t) = transport {
+            t.released(Duration::from_secs(5)).await;
+        }
         // Every component holding the store has stopped; wait for sled to release the
         // data directory so it can be reopened at once (restarts, in-process tests).
         let both = async move {

@@ -47,6 +47,11 @@ pub fn log() {
 impl TestCluster {
     /// `n` nodes formed from a static member list, started at once.
     pub async fn start_static(n: usize) -> TestCluster {
+        TestCluster::start_static_with(n, |_| {}).await
+    }
+
+    /// [`TestCluster::start_static`] with each node's configuration changed by `f`.
+    pub async fn start_static_with(n: usize, f: impl Fn(&mut Config)) -> TestCluster {
         log();
         let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
         let members: Vec<MemberAddr> = ports
@@ -60,6 +65,7 @@ impl TestCluster {
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = node_config(dir.path(), i as u64 + 1, *port);
             cfg.cluster.initial_members = members.clone();
+            f(&mut cfg);
             dirs.push(dir);
             cfgs.push(cfg);
         }
@@ -231,8 +237,8 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every running node holding a group's data has the same digest of it
-    /// at the same applied index, for every group; returns the digests.
+    /// Waits until every running member of each group (as its leader's membership has
+    /// them) has the same digest of the group's data at the same applied index.
     pub async fn wait_replicas_equal(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -240,12 +246,16 @@ impl TestCluster {
             let mut ok = true;
             let mut detail = String::new();
             for g in running[0].groups.ids() {
+                let Some(leader) = running.iter().find(|n| n.groups.is_leader(g)) else {
+                    ok = false;
+                    detail = format!("group {g} has no leader");
+                    continue;
+                };
+                let m = leader.groups.raft(g).unwrap().metrics().borrow().clone();
+                let members = m.membership_config.membership().clone();
                 let ds: Vec<_> = running
                     .iter()
-                    .filter(|n| {
-                        let m = n.groups.raft(g).unwrap().metrics().borrow().clone();
-                        m.membership_config.membership().get_node(&n.groups.node()).is_some()
-                    })
+                    .filter(|n| members.get_node(&n.groups.node()).is_some())
                     .map(|n| n.groups.digest(g).unwrap())
                     .collect();
                 if ds.windows(2).any(|w| w[0] != w[1]) {
