@@ -11,7 +11,8 @@
 # Node i: MQTT 127.0.0.1:(1880+i), WebSocket (8880+i), admin (8080+i), cluster QUIC on
 # UDP (7000+i). Data, logs, pids and certificates live under $CLUSTER_DIR (default
 # target/cluster). The binary is $HOMEPORT_BIN, else target/release/homeport (built if
-# missing). Anonymous devices and an admin API without tokens, as in the quick start.
+# missing). Anonymous devices and an admin API without tokens, as in the quick start;
+# $CLUSTER_CONFIG names a config file to use instead (flags still set ids and ports).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${CLUSTER_DIR:-$ROOT/target/cluster}
@@ -44,7 +45,9 @@ start_node() {
   local i=$1
   if alive "$i"; then echo "node $i is running (pid $(pid_of "$i"))"; return; fi
   mkdir -p "$DIR/node-$i"
-  "$BIN" serve --node-id "$i" --data-dir "$DIR/node-$i/data" \
+  local config=()
+  [ -n "${CLUSTER_CONFIG:-}" ] && config=(--config "$CLUSTER_CONFIG")
+  "$BIN" serve "${config[@]}" --node-id "$i" --data-dir "$DIR/node-$i/data" \
     --mqtt-bind "127.0.0.1:$((1880 + i))" --ws-bind "127.0.0.1:$((8880 + i))" \
     --admin-bind "127.0.0.1:$((8080 + i))" --cluster-bind "127.0.0.1:$((7000 + i))" \
     --initial-members "$(members)" \

@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Subscribers subscribe, then disconnect (builds a persistent-session backlog).
     #[arg(long)]
     subscribe_only: bool,
+    /// Follow CONNACK 0x9C/0x9D redirects (v5 Server Reference), at most 3 per connect
+    /// and never back to a server already tried: a cluster sends each device to the
+    /// node that serves its session.
+    #[arg(long)]
+    follow_redirects: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -177,6 +182,7 @@ fn opts(a: &BenchArgs) -> anyhow::Result<Opts> {
         session_expiry: a.session_expiry,
         subscribe_only: a.subscribe_only,
         progress: !a.quiet,
+        follow_redirects: a.follow_redirects,
     })
 }
 

@@ -38,8 +38,36 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), LoadgenError> {
-    let target = opts.targets[role.index % opts.targets.len()];
+    let mut target = opts.targets[role.index % opts.targets.len()];
     stats.connecting();
+    let mut visited = vec![target];
+    loop {
+        let res = connect_once(&opts, &role, target, &stats, &stop).await;
+        let Err(LoadgenError::Redirect(to)) = &res else { return res };
+        // The redirect's own CONNACK was not counted: a followed one is not a failure.
+        let next = tokio::net::lookup_host(to.as_str()).await.ok().and_then(|mut a| a.next());
+        match next {
+            Some(a) if visited.len() <= 3 && !visited.contains(&a) => {
+                stats.redirects.fetch_add(1, Ordering::Relaxed);
+                visited.push(a);
+                target = a;
+            }
+            _ => {
+                stats.connect_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(LoadgenError::Protocol(format!("redirect loop or bad reference {to}")));
+            }
+        }
+    }
+}
+
+async fn connect_once(
+    opts: &Arc<Opts>,
+    role: &Role,
+    target: SocketAddr,
+    stats: &Arc<Stats>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), LoadgenError> {
+    let (opts, role, stats, stop) = (opts.clone(), role.clone(), stats.clone(), stop.clone());
     let tcp = match connect_tcp(&opts, role.index, target).await {
         Ok(s) => s,
         Err(e) => {
@@ -300,6 +328,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     c.flush().await?;
     match c.next_packet().await? {
         Some(Packet::ConnAck(a)) if !a.reason.is_error() => stats.connack(began.elapsed()),
+        Some(Packet::ConnAck(a))
+            if c.opts.follow_redirects
+                && matches!(a.reason, ReasonCode::UseAnotherServer | ReasonCode::ServerMoved)
+                && a.properties.server_reference.is_some() =>
+        {
+            let to = a.properties.server_reference.unwrap_or_default();
+            // The first of a comma-separated list (MQTT 5 4.11).
+            let first = to.split(',').next().unwrap_or_default().trim().to_string();
+            return Err(LoadgenError::Redirect(first));
+        }
         other => {
             stats.connect_failed.fetch_add(1, Ordering::Relaxed);
             return Err(LoadgenError::Protocol(format!("expected CONNACK, got {other:?}")));

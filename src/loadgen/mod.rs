@@ -32,6 +32,9 @@ pub enum LoadgenError {
     Protocol(String),
     #[error("invalid option {field}: {why}")]
     Option { field: &'static str, why: String },
+    /// CONNACK 0x9C or 0x9D with a Server Reference (followed with `--follow-redirects`).
+    #[error("redirected to {0}")]
+    Redirect(String),
 }
 
 /// Scenario kinds.
@@ -110,6 +113,9 @@ pub struct Opts {
     pub subscribe_only: bool,
     /// Print a progress line each second on stderr.
     pub progress: bool,
+    /// Follow CONNACK 0x9C/0x9D redirects (v5): at most 3 per connect, never back to a
+    /// server already visited.
+    pub follow_redirects: bool,
 }
 
 impl Default for Opts {
@@ -137,6 +143,7 @@ impl Default for Opts {
             id_prefix: "bench-%i".into(),
             password: None,
             session_expiry: 0,
+            follow_redirects: false,
             subscribe_only: false,
             progress: true,
         }

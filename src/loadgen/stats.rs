@@ -34,6 +34,8 @@ pub struct Stats {
     /// Successful CONNACKs over the run.
     pub connects: AtomicU64,
     pub connect_failed: AtomicU64,
+    /// CONNACK redirects followed (`--follow-redirects`).
+    pub redirects: AtomicU64,
     pub subscribed: AtomicU64,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
@@ -66,6 +68,7 @@ impl Default for Stats {
             connected: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failed: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -177,6 +180,7 @@ impl Stats {
             elapsed_secs: self.start.elapsed().as_secs_f64(),
             connected,
             connect_failed: self.connect_failed.load(Ordering::Relaxed),
+            redirects: self.redirects.load(Ordering::Relaxed),
             connect_rate_per_sec: rate(connected, &self.first_connect, &self.last_connack),
             connack_us: Quantiles::of(&self.connack.lock()),
             sent,
@@ -224,6 +228,8 @@ pub struct Report {
     pub elapsed_secs: f64,
     pub connected: u64,
     pub connect_failed: u64,
+    /// Redirects followed (CONNACK 0x9C/0x9D with a Server Reference).
+    pub redirects: u64,
     pub connect_rate_per_sec: f64,
     pub connack_us: Quantiles,
     pub sent: u64,
@@ -253,9 +259,10 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "connect: {} ok, {} failed, {:.0}/s; CONNACK µs {}",
+            "connect: {} ok, {} failed, {} redirected, {:.0}/s; CONNACK µs {}",
             self.connected,
             self.connect_failed,
+            self.redirects,
             self.connect_rate_per_sec,
             q(&self.connack_us)
         )?;
