@@ -1,6 +1,7 @@
 //! Membership with real nodes (in-process clusters over loopback QUIC): five nodes with
 //! three replicas per group, a fourth node joining while writes go on, removing a node
-//! (and refusing a removal that would lose a majority), and restarting every node.
+//! (and refusing a removal that would lose a majority), restarting every node, and a
+//! single node's data directory becoming the first node of a cluster.
 
 mod common;
 
@@ -236,5 +237,57 @@ async fn every_node_restarts_at_once_and_the_data_is_there() {
     };
     assert!(doc.contains("\"up\":1"), "{doc}");
     assert_eq!(common::http_get(admin, "/api/things/phoenix").await.0, 200);
+    c.shutdown().await;
+}
+
+/// Today's single-node data directory becomes the first node of a cluster: the same
+/// directory restarted with the cluster on (no member list, no join) keeps its data, two
+/// fresh nodes join it, and they read what the single node had written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_nodes_data_directory_becomes_the_first_node_of_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut single = common::config(dir.path());
+    single.raft.shards = 4;
+    let node = homeport::node::Node::start(single).await.expect("single node starts");
+    assert!(node.cluster.is_none());
+    let admin = node.admin_addr.unwrap();
+    let (status, body) =
+        common::http(admin, "POST", "/api/things", r#"{"thingName":"veteran"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let things: Vec<String> = (1..=4).map(|s| thing_in_shard(s, 4, "veteran-meter")).collect();
+    for (i, t) in things.iter().enumerate() {
+        let body = format!(r#"{{"state":{{"reported":{{"since":{i}}}}}}}"#);
+        let (status, doc) =
+            common::http(admin, "POST", &format!("/api/things/{t}/shadow"), &body).await;
+        assert_eq!(status, 200, "{doc}");
+    }
+    node.shutdown().await.expect("clean shutdown");
+
+    let port = common::cluster::free_udp_port();
+    let cfg = common::cluster::node_config(dir.path(), 1, port);
+    let first = homeport::node::Node::start(cfg.clone()).await.expect("first node starts");
+    let mut c = TestCluster { nodes: vec![Some(first)], cfgs: vec![cfg], dirs: vec![dir] };
+    c.add_joining(3).await;
+    c.add_joining(3).await;
+    c.wait_settled(3, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (voters, _) = layout(&c);
+        if voters.len() == 5 && voters.values().all(|v| v.len() == 3) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not replicated: {voters:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in 1..3 {
+        let admin = c.node(n).admin_addr.unwrap();
+        assert_eq!(common::http_get(admin, "/api/things/veteran").await.0, 200);
+        for (i, t) in things.iter().enumerate() {
+            let (status, doc) = common::http_get(admin, &format!("/api/things/{t}/shadow")).await;
+            assert_eq!(status, 200, "node {}: {doc}", n + 1);
+            assert!(doc.contains(&format!("\"since\":{i}")), "node {}: {doc}", n + 1);
+        }
+    }
+    c.wait_replicas_equal(Duration::from_secs(30)).await;
     c.shutdown().await;
 }

@@ -35,6 +35,10 @@ use crate::raft::{Command, GroupId, Response};
 const CAUGHT_UP_LAG: u64 = 64;
 /// How long the other voters keep out of an election while a leader hands off.
 const HOLD_MS: u32 = 4000;
+/// How long a leader waits for its successor before it takes its hand-off back.
+const YIELD_MS: u64 = 3000;
+/// How long a leader handing off waits for its successor to have its whole log.
+const CATCH_UP_MS: u64 = 1000;
 
 /// Runs `f` every `every` until `shutdown` flips.
 pub(super) fn every<F, Fut>(every: Duration, mut shutdown: watch::Receiver<bool>, mut f: F)
@@ -406,8 +410,9 @@ impl Cluster {
                 }
                 // Leadership: the placement prefers another voter, and this node drains or
                 // leads more than its share. openraft 0.9 has no leader transfer: the
-                // leader demotes itself (the others elect, the new leader promotes it
-                // again), one group at a time.
+                // other voters but the preferred one hold their elections, this node
+                // stops heartbeats and writes until the preferred one is elected (every
+                // voter stays a voter), one group at a time.
                 let preferred = p.voters.first().copied();
                 let hand_off = !handed_off
                     && preferred.is_some_and(|id| id != self.me.id)
@@ -428,15 +433,8 @@ impl Cluster {
                         && voters.contains(&to)
                         && self.hold_others(g, &voters, to).await
                     {
-                        let rest: BTreeSet<NodeId> =
-                            voters.iter().copied().filter(|v| *v != self.me.id).collect();
                         tracing::info!(message = "handing leadership off", group = g, to = ?preferred);
-                        // Out of the membership entirely (an openraft leader that is still
-                        // a learner keeps leading); the new leader adds it back.
-                        return raft
-                            .change_membership(ChangeMembers::ReplaceAllVoters(rest), false)
-                            .await
-                            .map(|_| "leader_handoff");
+                        return Ok(self.yield_to(g, raft, m.current_term, to).await);
                     }
                 }
                 Ok("none")
@@ -447,6 +445,8 @@ impl Cluster {
                     if kind == "leader_handoff" {
                         handed_off = true;
                         leading = leading.saturating_sub(1);
+                    }
+                    if kind == "leader_handoff" || kind == "handoff_failed" {
                         *self.last_handoff.lock() = Some(std::time::Instant::now());
                     }
                 }
@@ -466,6 +466,89 @@ impl Cluster {
         !self.service.held(group)
             && (self.preferred.get(group as usize).copied().unwrap_or(true)
                 || self.started.elapsed() >= self.stand_after)
+    }
+
+    /// Hands `group`'s leadership off ([`Groups::yield_leadership`]) and waits until
+    /// another node leads it in a later term than `term`, or gives up after
+    /// [`YIELD_MS`] and goes on leading. Either way heartbeats resume.
+    async fn yield_to(
+        &self,
+        group: GroupId,
+        raft: &crate::raft::Raft,
+        term: u64,
+        to: NodeId,
+    ) -> &'static str {
+        if !self.groups.yield_leadership(group) {
+            return "none";
+        }
+        // 1. No more writes here; the successor gets everything this node has (a voter
+        // refuses a candidate with a shorter log). Heartbeats drive the replication.
+        let caught_up = tokio::time::timeout(Duration::from_millis(CATCH_UP_MS), async {
+            loop {
+                let v = raft.metrics().borrow().clone();
+                let matched = v.replication.as_ref().and_then(|r| r.get(&to).copied().flatten());
+                if matched.map(|l| l.index) >= v.last_log_index {
+                    return;
+                }
+                let _ = raft.trigger().heartbeat().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if !caught_up {
+            self.groups.end_yield(group);
+            tracing::info!(message = "leadership hand-off put off: the successor lags", group, to);
+            return "handoff_failed";
+        }
+        // 2. No heartbeats either: once the voters' leader leases have run out (openraft
+        // 0.9 refuses candidates before), `to` is asked to stand at once instead of
+        // waiting for its own timer (the lease plus a whole election timeout).
+        self.groups.stop_heartbeats(group);
+        let mut m = raft.metrics();
+        let (transport, lease, me) = (self.transport.clone(), self.lease, self.me.id);
+        let ask = async move {
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+            let r = transport
+                .call(to, Class::Vote, Request::Elect { group }, Duration::from_millis(500))
+                .await;
+            if !matches!(r, Ok(Answer::Held)) {
+                tracing::debug!(message = "asking the successor to stand failed", group, from = me, to, answer = ?r);
+            }
+        };
+        let ask = tokio::spawn(ask);
+        let handed = tokio::time::timeout(Duration::from_millis(YIELD_MS), async {
+            loop {
+                {
+                    let v = m.borrow_and_update();
+                    if v.current_term > term && v.current_leader.is_some_and(|l| l != self.me.id) {
+                        return;
+                    }
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        ask.abort();
+        self.groups.end_yield(group);
+        if handed {
+            "leader_handoff"
+        } else {
+            let v = raft.metrics().borrow().clone();
+            let matched = v.replication.as_ref().and_then(|r| r.get(&to).copied().flatten());
+            tracing::warn!(
+                message = "leadership hand-off timed out; leading on",
+                group,
+                to,
+                term = v.current_term,
+                last_log = ?v.last_log_index,
+                successor_matched = ?matched.map(|l| l.index),
+            );
+            "handoff_failed"
+        }
     }
 
     /// Asks every voter of `group` but this node and `to` not to stand for a while, so

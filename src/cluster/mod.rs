@@ -211,6 +211,9 @@ pub struct Cluster {
     preferred: Vec<bool>,
     /// How long after start a node stands for election only where it is preferred.
     stand_after: Duration,
+    /// openraft's leader lease: a voter that heard from its leader this recently
+    /// refuses candidates.
+    lease: Duration,
 }
 
 impl Cluster {
@@ -223,7 +226,7 @@ impl Cluster {
         cfg: ClusterConfig,
         me: MemberInfo,
         preferred: Vec<bool>,
-        election_timeout: Duration,
+        lease: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Cluster> {
         let Parts { transport, metrics, service } = parts;
@@ -231,7 +234,7 @@ impl Cluster {
         // while every group may (the reconciler then keeps nodes out of groups they are
         // not placed in).
         let g2 = groups.clone();
-        let stand_after = election_timeout * 4;
+        let stand_after = lease * 2;
         tokio::spawn(async move {
             tokio::time::sleep(stand_after).await;
             for g in g2.ids() {
@@ -260,6 +263,7 @@ impl Cluster {
             last_handoff: parking_lot::Mutex::new(None),
             preferred,
             stand_after,
+            lease,
         });
         // A node the meta group already holds registers as active (its record keeps the
         // state it has); one that joins is registered as joining by the node it asks.

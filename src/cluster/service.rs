@@ -37,7 +37,7 @@ pub struct ClusterService {
     pub ready: OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
     pub devices: OnceLock<Arc<dyn DeviceCalls>>,
     /// Groups this node must not stand for election in, until when (`Request::Hold`).
-    pub holds: parking_lot::Mutex<std::collections::HashMap<GroupId, std::time::Instant>>,
+    pub holds: Arc<parking_lot::Mutex<std::collections::HashMap<GroupId, std::time::Instant>>>,
 }
 
 impl ClusterService {
@@ -216,13 +216,57 @@ impl Service for ClusterService {
             .boxed(),
             Request::Join(info) => join(groups, info).boxed(),
             Request::Hold { group, millis } => {
-                let Some(raft) = groups.raft(group) else {
+                let Some(raft) = groups.raft(group).cloned() else {
                     return async move { Answer::Error(WireError::UnknownGroup(group)) }.boxed();
                 };
                 let until = std::time::Instant::now() + Duration::from_millis(u64::from(millis));
                 self.holds.lock().insert(group, until);
                 raft.runtime_config().elect(false);
+                // The hold is over as soon as a leader of a later term is known (the
+                // hand-off happened): should that leader fail at once, this node must be
+                // free to stand, or a group of three would wait out the hold.
+                let term = raft.metrics().borrow().current_term;
+                let holds = self.holds.clone();
+                let me = groups.node();
+                tokio::spawn(async move {
+                    let mut m = raft.metrics();
+                    let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(until), async {
+                        loop {
+                            if m.borrow_and_update().current_term > term
+                                && m.borrow().current_leader.is_some()
+                            {
+                                return;
+                            }
+                            if m.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .await;
+                    let mut h = holds.lock();
+                    if h.get(&group) == Some(&until) {
+                        h.remove(&group);
+                        let voter =
+                            m.borrow().membership_config.membership().voter_ids().any(|v| v == me);
+                        // The reconciler sets the rest (placement) at its next tick.
+                        raft.runtime_config().elect(voter);
+                    }
+                });
                 async { Answer::Held }.boxed()
+            }
+            Request::Elect { group } => {
+                let Some(raft) = groups.raft(group).cloned() else {
+                    return async move { Answer::Error(WireError::UnknownGroup(group)) }.boxed();
+                };
+                self.holds.lock().remove(&group);
+                raft.runtime_config().elect(true);
+                async move {
+                    match raft.trigger().elect().await {
+                        Ok(()) => Answer::Held,
+                        Err(e) => Answer::Error(WireError::Unavailable(e.to_string())),
+                    }
+                }
+                .boxed()
             }
             Request::Status => {
                 let s = self.status(&groups);

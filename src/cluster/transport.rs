@@ -197,6 +197,26 @@ impl Peer {
         h.delay = BACKOFF_MIN;
     }
 
+    /// The peer dialed us: a link that was failing is reset and re-dialed at the next
+    /// call (the old connection may belong to a process that no longer exists).
+    fn revived(&self) {
+        let failing = {
+            let mut h = self.health.lock();
+            let failing = h.failures > 0 || h.retry_at.is_some();
+            if failing {
+                h.failures = 0;
+                h.retry_at = None;
+                h.delay = BACKOFF_MIN;
+            }
+            failing
+        };
+        if failing {
+            if let Some(c) = self.conn.lock().take() {
+                c.close(0u32.into(), b"peer restarted");
+            }
+        }
+    }
+
     fn failed(&self) {
         let mut h = self.health.lock();
         h.failures += 1;
@@ -660,6 +680,9 @@ impl Transport {
             }
         };
         self.learn(hello.from, &hello.addr);
+        // The peer reached us: if our own link to it was failing (it restarted, say),
+        // dial it afresh now instead of waiting out the backoff on a dead connection.
+        self.peer(hello.from).revived();
         let welcome = Answer::Welcome { node: self.me, incarnation: self.incarnation };
         if send.write_all(&wire::encode(&welcome)).await.is_err() || send.finish().is_err() {
             return;

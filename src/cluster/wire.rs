@@ -225,6 +225,11 @@ pub enum Request {
         millis: u32,
     },
     Device(DeviceCall),
+    /// Stand for election in `group` now: the leader has stopped heartbeats to hand the
+    /// group to this node (answered [`Answer::Held`] once the election has started).
+    Elect {
+        group: GroupId,
+    },
 }
 
 /// The answer to a [`Request`].

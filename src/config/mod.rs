@@ -247,7 +247,7 @@ pub struct RaftConfig {
     /// entries included: a follower must receive, append, flush and answer within it.
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout; the upper bound (and openraft's leader
-    /// lease) is twice this.
+    /// lease) is 1.5 times this ([`RaftConfig::election_timeout_max_ms`]).
     pub election_timeout_ms: u64,
     /// Most log entries in one append (each entry holds up to 1024 commands).
     pub max_payload_entries: u64,
@@ -255,6 +255,16 @@ pub struct RaftConfig {
     pub snapshot_timeout_ms: u64,
     /// Bytes of snapshot in one chunk.
     pub snapshot_chunk_bytes: u64,
+}
+
+impl RaftConfig {
+    /// The election timeout's upper bound, which openraft 0.9 also takes as its leader
+    /// lease: a follower that has a leader stands only after the lease plus a timeout
+    /// drawn from [min, max], so a leader's death is noticed after 2.5 to 3 times
+    /// `election_timeout_ms`.
+    pub fn election_timeout_max_ms(&self) -> u64 {
+        (self.election_timeout_ms * 3 / 2).max(self.election_timeout_ms + 1)
+    }
 }
 
 impl Default for RaftConfig {

@@ -252,7 +252,7 @@ impl Node {
                 cfg.cluster.clone(),
                 me,
                 preferred_groups,
-                Duration::from_millis(cfg.raft.election_timeout_ms),
+                Duration::from_millis(cfg.raft.election_timeout_max_ms()),
                 shutdown_rx.clone(),
             )
         });

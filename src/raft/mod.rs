@@ -120,6 +120,9 @@ struct Group {
     done: watch::Receiver<u64>,
     /// See [`StateMachine::access_epoch`].
     access_epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// This node leads the group and is handing its leadership off
+    /// ([`Groups::yield_leadership`]): no writes, no linearizable reads, no heartbeats.
+    yielding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A submitted command's place in its group's order (see [`Groups::settled`]).
@@ -264,7 +267,7 @@ impl Groups {
             // timeout's upper bound, and a voter refuses votes during its lease, so a
             // node with a shorter timeout would be refused by one with a longer lease
             // and lose to it. Who should lead is decided by who may stand (`elect`).
-            let (min, max) = (cfg.election_timeout_ms, cfg.election_timeout_ms * 2);
+            let (min, max) = (cfg.election_timeout_ms, cfg.election_timeout_max_ms());
             openraft::Config {
                 cluster_name: opts.cluster.clone(),
                 heartbeat_interval: cfg.heartbeat_ms,
@@ -285,7 +288,7 @@ impl Groups {
         let write_timeout = opts.write_timeout;
         // The lease: a leader that heard from no quorum for longer than the longest
         // election timeout may have been replaced already.
-        let lease = Duration::from_millis(cfg.election_timeout_ms * 2);
+        let lease = Duration::from_millis(cfg.election_timeout_max_ms());
         let mut groups = Vec::with_capacity(cfg.shards as usize + 1);
         for g in 0..=cfg.shards {
             let err = |reason: String| RaftStartError::Group { group: g, reason };
@@ -318,6 +321,7 @@ impl Groups {
             }
             let (proposals, rx) = mpsc::unbounded_channel();
             let (done_tx, done) = watch::channel(0);
+            let yielding = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let p = proposer::Proposer {
                 group: g,
                 node: opts.node,
@@ -326,6 +330,7 @@ impl Groups {
                 lease,
                 forward: forward.clone(),
                 metrics: metrics.clone(),
+                yielding: yielding.clone(),
             };
             tokio::spawn(p.run(rx, done_tx));
             groups.push(Group {
@@ -334,6 +339,7 @@ impl Groups {
                 proposals: parking_lot::Mutex::new((0, proposals)),
                 done,
                 access_epoch,
+                yielding,
             });
         }
         if matches!(opts.initial, Initial::Single(_)) {
@@ -407,6 +413,54 @@ impl Groups {
     /// The leader of `group` as this node knows it.
     pub fn leader(&self, group: GroupId) -> Option<u64> {
         self.raft(group).and_then(|r| r.metrics().borrow().current_leader)
+    }
+
+    /// Starts handing this node's leadership of `group` off without a membership change
+    /// (openraft 0.9 has no leader transfer): writes and linearizable reads here wait,
+    /// as during an election, and this node does not stand; with
+    /// [`Groups::stop_heartbeats`] the followers' leases run out and one of them is
+    /// elected. Every voter stays a voter throughout. Ended by [`Groups::end_yield`].
+    pub fn yield_leadership(&self, group: GroupId) -> bool {
+        let Some(g) = self.groups.get(group as usize) else { return false };
+        if g.raft.metrics().borrow().state != ServerState::Leader {
+            return false;
+        }
+        g.yielding.store(true, std::sync::atomic::Ordering::Release);
+        g.raft.runtime_config().elect(false);
+        true
+    }
+
+    /// During [`Groups::yield_leadership`]: stop heartbeats too, so the followers'
+    /// leases run out.
+    pub fn stop_heartbeats(&self, group: GroupId) {
+        if let Some(g) = self.groups.get(group as usize) {
+            g.raft.runtime_config().heartbeat(false);
+        }
+    }
+
+    /// Ends [`Groups::yield_leadership`]: heartbeats again (if this node still leads, it
+    /// goes on leading). Whether it may stand again is the caller's to set.
+    pub fn end_yield(&self, group: GroupId) {
+        if let Some(g) = self.groups.get(group as usize) {
+            g.raft.runtime_config().heartbeat(true);
+            g.yielding.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Waits while this node is handing `group`'s leadership off (at most `within`).
+    async fn wait_yield(&self, group: GroupId, within: Duration) {
+        let Some(g) = self.groups.get(group as usize) else { return };
+        let deadline = tokio::time::Instant::now() + within;
+        let mut m = g.raft.metrics();
+        while g.yielding.load(std::sync::atomic::Ordering::Acquire)
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                m.changed(),
+            )
+            .await;
+        }
     }
 
     /// The applied data of a group, for reads by the group's single writer.
@@ -538,6 +592,7 @@ impl Groups {
             return Err(WriteError::Unavailable { group, reason: "no such group".into() });
         };
         let unavailable = |reason: String| WriteError::Unavailable { group, reason };
+        self.wait_yield(group, timeout).await;
         let index = if self.is_leader(group) {
             match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
                 Ok(Ok(id)) => id.map(|l| l.index),
@@ -568,6 +623,12 @@ impl Groups {
         let raft = self
             .raft(group)
             .ok_or(WriteError::Unavailable { group, reason: "no such group".into() })?;
+        // A linearizable read sends a heartbeat round, which would renew the followers'
+        // leases while this node is handing its leadership off.
+        self.wait_yield(group, Duration::from_secs(3)).await;
+        if !self.is_leader(group) {
+            return Err(WriteError::NotLeader(group));
+        }
         match raft.ensure_linearizable().await {
             Ok(id) => Ok(id.map(|l| l.index)),
             Err(openraft::error::RaftError::APIError(

@@ -7,7 +7,8 @@
 //!
 //! - this node leads the group: `client_write`, bounded by the write timeout. A leader
 //!   that has not heard from a quorum for longer than its lease (a minority side of a
-//!   partition) refuses at once with [`WriteError::NoQuorum`] instead of waiting.
+//!   partition) sends one heartbeat round and, if no quorum answers within a quarter
+//!   of the lease, refuses with [`WriteError::NoQuorum`] instead of waiting.
 //! - another node leads it: the batch goes to that leader ([`Forward`]); a "not the
 //!   leader" answer (nothing was proposed) is retried at the new leader until the write
 //!   timeout, any answer whose outcome is unknown (timed out, connection lost) is not
@@ -68,6 +69,9 @@ pub(super) struct Proposer {
     pub lease: Duration,
     pub forward: Arc<std::sync::OnceLock<Arc<dyn Forward>>>,
     pub metrics: Arc<Metrics>,
+    /// This node is handing its leadership off (`Groups::yield_leadership`): proposals
+    /// wait as during an election, so no append renews the followers' leases.
+    pub yielding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proposer {
@@ -134,6 +138,7 @@ impl Proposer {
         let deadline = Instant::now() + self.write_timeout;
         let mut metrics = self.raft.metrics();
         let mut pause = Duration::from_millis(5);
+        let mut waited_for_quorum = false;
         loop {
             let (state, leader, quorum_ms, voters) = {
                 let m = metrics.borrow_and_update();
@@ -147,18 +152,47 @@ impl Proposer {
                     reason: format!("no leader within {} ms", self.write_timeout.as_millis()),
                 });
             }
-            if state == ServerState::Leader {
+            let yielding = self.yielding.load(std::sync::atomic::Ordering::Acquire);
+            if state == ServerState::Leader && !yielding {
                 let stale = quorum_ms.is_none_or(|ms| ms > self.lease.as_millis() as u64);
                 if voters > 1 && stale {
+                    // Heartbeats were off for a hand-off that did not happen, or this is
+                    // the minority side: one heartbeat round tells them apart.
+                    if !waited_for_quorum {
+                        waited_for_quorum = true;
+                        let _ = self.raft.trigger().heartbeat().await;
+                        let round = (self.lease / 4).min(left);
+                        let _ = tokio::time::timeout(round, async {
+                            while metrics.changed().await.is_ok() {
+                                let ms = metrics.borrow().millis_since_quorum_ack;
+                                if ms.is_some_and(|ms| ms <= self.lease.as_millis() as u64) {
+                                    return;
+                                }
+                            }
+                        })
+                        .await;
+                        continue;
+                    }
                     return Err(WriteError::NoQuorum(group));
                 }
                 return self.write_here(cmds, left).await;
             }
-            match leader.filter(|l| *l != self.node) {
+            match leader {
+                Some(l) if l == self.node => {
+                    // Leading but handing off: wait for the new leader.
+                    let _ = tokio::time::timeout(
+                        left.min(Duration::from_millis(50)),
+                        metrics.changed(),
+                    )
+                    .await;
+                }
                 Some(_) if local_only => return Err(WriteError::NotLeader(group)),
                 Some(l) => match self.forward.get() {
                     None => return Err(WriteError::NotLeader(group)),
-                    Some(f) => match f.forward(group, l, cmds.clone(), left).await {
+                    Some(f) => match self
+                        .forward_while_leader(f, l, cmds.clone(), left, &mut metrics)
+                        .await
+                    {
                         Ok(answers) => {
                             self.metrics_forwarded("ok");
                             return Ok(answers);
@@ -183,6 +217,44 @@ impl Proposer {
                     )
                     .await;
                 }
+            }
+        }
+    }
+
+    /// Forwards to `leader`, unless another leader is elected meanwhile: a leader that
+    /// died takes the stream with it silently (QUIC notices only at its idle timeout),
+    /// and every later batch of the group waits behind this one. The outcome is unknown
+    /// then (the old leader may have committed it), so it is not retried.
+    async fn forward_while_leader(
+        &self,
+        f: &Arc<dyn Forward>,
+        leader: u64,
+        cmds: Vec<Command>,
+        left: Duration,
+        metrics: &mut watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    ) -> Result<Vec<Response>, ForwardError> {
+        let group = self.group;
+        let replaced = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let now = metrics.borrow().current_leader;
+                if now.is_some_and(|n| n != leader) {
+                    return now;
+                }
+            }
+        };
+        tokio::select! {
+            r = f.forward(group, leader, cmds, left) => r,
+            now = replaced => {
+                self.metrics_forwarded("abandoned");
+                Err(ForwardError::Failed(WriteError::Unavailable {
+                    group,
+                    reason: format!(
+                        "leader {leader} was replaced by {now:?} while a write was forwarded to it (it may have committed)"
+                    ),
+                }))
             }
         }
     }

@@ -128,8 +128,11 @@ pub async fn wait_formed(p: &Proc, voters: usize, within: Duration) -> serde_jso
                 && groups.iter().all(|g| {
                     g["leader"].is_u64() && g["voters"].as_array().map(Vec::len) == Some(voters)
                 })
+                // Every node registered (a static formation elects leaders before the
+                // members' records are written).
                 && v["members"].as_array().is_some_and(|m| {
-                    m.iter().all(|m| m["mqttAddr"].is_string() && m["reachable"] == true)
+                    m.len() >= voters
+                        && m.iter().all(|m| m["mqttAddr"].is_string() && m["reachable"] == true)
                 });
             if ok {
                 return v;
