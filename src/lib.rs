@@ -12,14 +12,20 @@
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
+//! - [`auth`]: device identity (secrets, JWTs, X.509), policies, admin tokens, the audit
+//!   log, fleet provisioning.
 //! - [`store`]: the node's sled database, versioned postcard values, the node-local
 //!   in-flight journal, group-commit flushing.
 //! - [`transport`]: TCP, TLS and WebSocket listeners and the connection task.
-//! - [`admin`]: HTTP `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin HTTP API (`/api/...`, cluster endpoints included), `/metrics`,
+//!   `/healthz`, `/readyz`, the OpenAPI document.
 //! - [`loadgen`]: the load generator behind `homeport bench`.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`config`]: the typed, validated configuration tree.
 //! - [`node`]: wires one node together; start and shutdown order.
+//!
+//! The binary (`src/main.rs`) adds `src/cli/`: `homeport ctl` (the admin API from the
+//! command line, including `ctl cluster` and `ctl certs`) and `homeport bench`.
 
 pub mod admin;
 pub mod auth;
