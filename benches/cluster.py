@@ -77,16 +77,22 @@ def status(port):
     return json.loads(body) if code == 200 else None
 
 
-def wait_balanced(port, within=90):
-    """Every group led, three voters each, leaders within two of each other (hand-offs
-    move one group every few seconds); after `within`, any led layout will do."""
+def wait_balanced(port, within=90, spread=2, still=0):
+    """Every group led, three voters each, leaders within `spread` of each other and the
+    same for `still` seconds (hand-offs move one group every few seconds, and each
+    disconnects that shard's devices); after `within`, any led layout will do."""
     deadline = time.time() + within
+    seen, since = None, time.time()
     while True:
         v = status(port)
         if v and all(g["leader"] is not None and len(g["voters"]) == 3 for g in v["groups"]) \
                 and all(m["reachable"] for m in v["members"]) and len(v["members"]) == 3:
             leads = [len(m["leads"]) for m in v["members"]]
-            if max(leads) - min(leads) <= 2 or time.time() > deadline:
+            layout = [g["leader"] for g in v["groups"]]
+            if layout != seen:
+                seen, since = layout, time.time()
+            if (max(leads) - min(leads) <= spread and time.time() - since >= still) \
+                    or time.time() > deadline:
                 return v
         if time.time() > deadline + 60:
             raise SystemExit(f"cluster did not settle: {v}")
@@ -126,9 +132,10 @@ def pids(env):
 def cluster_phase(env, seconds):
     hosts = [f"127.0.0.1:{1880 + i}" for i in (1, 2, 3)]
     local(env, "up", "3")
-    wait_balanced(8081)
+    wait_balanced(8081, within=120, spread=1, still=8)
     out = {}
     out["unthrottled"] = bench(hosts, seconds)
+    wait_balanced(8081, within=60, spread=1, still=8)
     out["at_2000"] = bench(hosts, seconds, rate=2000)
     # Node 1 leads every group: its CPU is the leader's, the others' a follower's.
     for n in (2, 3):
@@ -141,6 +148,7 @@ def cluster_phase(env, seconds):
         time.sleep(0.5)
     else:
         raise SystemExit("node 1 did not take every group's leadership")
+    time.sleep(5)
     p = pids(env)
     sent0 = sum(metric_sum(8080 + i, "homeport_cluster_peer_sent_bytes") for i in (1, 2, 3))
     cpu0 = {i: cpu_seconds(p[i]) for i in p}
