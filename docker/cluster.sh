@@ -30,6 +30,17 @@ certs() {
 
 ctl() { "$BIN" ctl --admin "127.0.0.1:$1" "${@:2}"; }
 
+retry() {
+  local out
+  for _ in $(seq 1 20); do
+    if out=$("$@" 2>&1) || [[ "$out" == *"already exists"* ]]; then return 0; fi
+    echo "retrying after: $out" >&2
+    sleep 1
+  done
+  echo "gave up: $*: $out" >&2
+  return 1
+}
+
 check() {
   echo "waiting for the cluster to form"
   for _ in $(seq 1 120); do
@@ -44,8 +55,10 @@ sys.exit(0 if ok else 1)'; then
     sleep 1
   done
   ctl 8081 cluster status
-  ctl 8081 things create compose-check >/dev/null
-  ctl 8082 shadows update compose-check --desired '{"through":"node2"}' >/dev/null
+  # A write may meet a leader hand-off (leaders spread out in the first minute) and be
+  # answered 503 with its outcome unknown: retry as a client would. Both are idempotent.
+  retry ctl 8081 things create compose-check
+  retry ctl 8082 shadows update compose-check --desired '{"through":"node2"}'
   for port in 8081 8082 8083; do
     got=$(ctl "$port" --json shadows get compose-check | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"]["desired"]["through"])')
     [ "$got" = "node2" ] || { echo "node at $port reads $got" >&2; exit 1; }
