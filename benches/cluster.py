@@ -29,7 +29,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("HOMEPORT_BIN", os.path.join(ROOT, "target/release/homeport"))
+BIN = os.environ.get("HOMEPORT_BIN", os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/homeport"))
 LOCAL = os.path.join(ROOT, "cluster/local.sh")
 SHARDS = 16
 

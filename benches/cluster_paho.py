@@ -35,7 +35,7 @@ except ImportError:
     os.environ["HOMEPORT_PAHO_REEXEC"] = "1"
     os.execv(os.path.join(VENV, "bin/python"), [os.path.join(VENV, "bin/python"), *sys.argv])
 
-BIN = os.environ.get("HOMEPORT_BIN", os.path.join(ROOT, "target/release/homeport"))
+BIN = os.environ.get("HOMEPORT_BIN", os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/homeport"))
 LOCAL = os.path.join(ROOT, "cluster/local.sh")
 
 

@@ -20,7 +20,7 @@ if ! command -v inferno-flamegraph >/dev/null; then
   cargo install inferno
 fi
 cargo build --release --bin homeport
-bin=target/release/homeport
+bin=${CARGO_TARGET_DIR:-target}/release/homeport
 work=$(mktemp -d)
 trap 'kill "$broker" 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"

@@ -16,7 +16,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${CLUSTER_DIR:-$ROOT/target/cluster}
-BIN=${HOMEPORT_BIN:-$ROOT/target/release/homeport}
+BIN=${HOMEPORT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/homeport}
 
 ensure_bin() {
   if [ ! -x "$BIN" ]; then

@@ -14,7 +14,7 @@ if ! command -v prometheus >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
 fi
 cargo build -q --bin homeport
-export HOMEPORT_BIN=${HOMEPORT_BIN:-$PWD/target/debug/homeport}
+export HOMEPORT_BIN=${HOMEPORT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/homeport}
 export CLUSTER_DIR=$(mktemp -d)
 PROM_DIR=$(mktemp -d)
 PROM_PID=""

@@ -21,7 +21,7 @@ fi
 "$VENV/bin/pip" install -q 'paho-mqtt>=2,<3' 'awsiotsdk>=1.22,<2' 'cryptography>=42'
 
 cargo build -q --bin homeport
-BIN=target/debug/homeport
+BIN=${CARGO_TARGET_DIR:-target}/debug/homeport
 DATA=$(mktemp -d)
 PORT=18830
 LOG=$(mktemp)
