@@ -4,7 +4,8 @@
 //! - [`mqtt`]: pure wire protocol, MQTT 3.1.1 and 5.0.
 //! - [`broker`]: subscription trie, router, retained messages, session routing slots.
 //! - [`session`]: pure session state machines and the persisted session record.
-//! - [`device`]: device actors (one per client id) and their supervisor.
+//! - [`device`]: device actors (one per client id) and their supervisor; sessions whose
+//!   connection is on another node than their actor (`device::attached`).
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state, including
 //!   persistent MQTT sessions, offline queues and retained messages.
 //! - [`cluster`]: nodes replicating the groups over QUIC: transport, mutual TLS, fault

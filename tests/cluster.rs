@@ -66,39 +66,6 @@ async fn shadows_through_any_node_reach_the_leaders_actor() {
     c.shutdown().await;
 }
 
-/// A v5 client that connects to a node that does not lead its shard gets CONNACK 0x9C
-/// with the leader's MQTT address; there it connects. A 3.1.1 client gets 0x03.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_connect_elsewhere_is_redirected_to_the_leader() {
-    use homeport::mqtt::{Packet, Properties, Protocol, ReasonCode};
-    let c = TestCluster::start_static(3).await;
-    c.wait_settled(3, Duration::from_secs(20)).await;
-    let shards = c.cfgs[0].raft.shards;
-    let client = common::cluster::thing_in_shard(1, shards, "dev");
-    let leader = c.leader_of(1).unwrap();
-    let other = (leader + 1) % 3;
-    let mut raw = common::raw::Raw::open(c.node(other)).await;
-    let server = match raw.connect(&client, Protocol::V5, Properties::default()).await {
-        Packet::ConnAck(a) => {
-            assert_eq!(a.reason, ReasonCode::UseAnotherServer);
-            a.properties.server_reference.expect("a server reference")
-        }
-        p => panic!("{p:?}"),
-    };
-    assert_eq!(server, c.node(leader).mqtt_addr.unwrap().to_string());
-    let mut raw = common::raw::Raw::open_addr(server.parse().unwrap()).await;
-    match raw.connect(&client, Protocol::V5, Properties::default()).await {
-        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success),
-        p => panic!("{p:?}"),
-    }
-    let mut old = common::raw::Raw::open(c.node(other)).await;
-    match old.connect(&client, Protocol::V311, Properties::default()).await {
-        Packet::ConnAck(a) => assert_eq!(homeport::mqtt::connack_v3_code(a.reason), 3),
-        p => panic!("{p:?}"),
-    }
-    c.shutdown().await;
-}
-
 /// One node cut off from the others: it stops acknowledging durable writes (503 from
 /// the admin API, not ready), the majority goes on, and after healing it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -105,6 +105,45 @@ async fn bad_frames_and_false_identities_are_refused() {
         wire::decode::<Answer>(&empty).unwrap(),
         Answer::Error(WireError::Malformed(_))
     ));
+    // Session calls about connections that do not exist: answers, never a crash.
+    let deliver = Request::Conn(wire::ConnCall::Deliver { conn: 424_242, batch: 1, items: vec![] });
+    let answer = exchange(&conn, &wire::encode(&deliver)).await.unwrap();
+    assert!(matches!(
+        wire::decode::<Answer>(&answer).unwrap(),
+        Answer::Conn(wire::ConnAnswer::Gone { taken: 0 })
+    ));
+    let order = Request::Conn(wire::ConnCall::Order { conn: 7, order: wire::WireOrder::TakeOver });
+    let answer = exchange(&conn, &wire::encode(&order)).await.unwrap();
+    assert!(matches!(
+        wire::decode::<Answer>(&answer).unwrap(),
+        Answer::Conn(wire::ConnAnswer::Gone { taken: 0 })
+    ));
+    let subscribe = Request::Device(wire::DeviceCall::Subscribe {
+        client: "nobody".into(),
+        conn: 3,
+        filters: vec![(
+            "a/b".into(),
+            homeport::mqtt::SubOptions::qos(homeport::mqtt::QoS::AtLeastOnce),
+        )],
+        id: None,
+    });
+    let answer = exchange(&conn, &wire::encode(&subscribe)).await.unwrap();
+    assert!(matches!(
+        wire::decode::<Answer>(&answer).unwrap().error(),
+        Some(WireError::Refused(_) | WireError::Unavailable(_))
+    ));
+    let detach = Request::Device(wire::DeviceCall::Detach {
+        client: "nobody".into(),
+        conn: 3,
+        live: Default::default(),
+        will: true,
+        expiry_secs: None,
+    });
+    let answer = exchange(&conn, &wire::encode(&detach)).await.unwrap();
+    assert!(matches!(
+        wire::decode::<Answer>(&answer).unwrap(),
+        Answer::Device(wire::DeviceAnswer::Done)
+    ));
     // A hello of another cluster name.
     let conn = ep.connect(target, &certs::node_name("homeport", 1)).unwrap().await.unwrap();
     let answer = exchange(&conn, &hello(4, 1, "elsewhere")).await.unwrap();

@@ -17,7 +17,8 @@ pub mod trie;
 #[cfg(test)]
 pub(crate) use message::test_delivery;
 pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
-pub use outq::{ConnQueue, Offer};
+pub use outq::{next_conn_id, ConnQueue, Offer};
 pub use retained::{RetainLimits, Retained};
 pub use router::{AckWait, Routed, Router, SubscribeOutcome};
 pub use slot::{Control, LiveState, SessionSlot, SlotRef};
+pub use trie::SharedKey;

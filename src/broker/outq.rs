@@ -33,6 +33,14 @@ use super::message::Delivery;
 use super::slot::Control;
 use crate::mqtt::QoS;
 
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh connection id, unique on this node (also used for assigned client
+/// identifiers, and for the queues that stand in for connections on other nodes).
+pub fn next_conn_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// What became of an offered delivery.
 #[derive(Debug)]
 pub enum Offer {

@@ -22,10 +22,12 @@ pub enum Control {
     TakeOver { reply: oneshot::Sender<LiveState> },
     /// Close with this reason (administrative action, shutdown).
     Kick(ReasonCode),
-    /// The session's shard is now led by another node: send DISCONNECT 0x9C (v5) with
+    /// The session's shard is now led by another node: re-attach there (the connection
+    /// keeps its socket and window), or if that fails send DISCONNECT 0x9C (v5) with
     /// `server` as Server Reference and close without detaching (the session is served
-    /// there from the replicated state).
-    Redirect { server: Option<String> },
+    /// there from the replicated state). `record`: a clean session's state, which lives
+    /// in the evicted actor's memory only.
+    Redirect { server: Option<String>, record: Option<Box<SessionRecord>> },
 }
 
 /// The live part of a session that a connection hands back when it ends.

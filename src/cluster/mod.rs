@@ -149,6 +149,9 @@ pub struct DeviceLink {
     pub transport: Arc<Transport>,
     pub groups: Arc<Groups>,
     pub timeout: Duration,
+    /// For attach, subscribe and unsubscribe: a takeover and a durable write may be
+    /// waited for.
+    pub session_timeout: Duration,
 }
 
 impl crate::device::Remote for DeviceLink {
@@ -166,6 +169,39 @@ impl crate::device::Remote for DeviceLink {
         Box::pin(async move {
             match t.call(node, Class::Data, Request::Device(call), timeout).await {
                 Ok(Answer::Device(a)) => Ok(a),
+                Ok(Answer::Error(e)) => Err(e.to_string()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn session_call(
+        &self,
+        node: NodeId,
+        call: wire::DeviceCall,
+    ) -> futures_util::future::BoxFuture<'static, Result<wire::DeviceAnswer, String>> {
+        let (t, timeout) = (self.transport.clone(), self.session_timeout);
+        Box::pin(async move {
+            match t.call(node, Class::Data, Request::Device(call), timeout).await {
+                Ok(Answer::Device(a)) => Ok(a),
+                Ok(Answer::Error(e)) => Err(e.to_string()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn conn_call(
+        &self,
+        node: NodeId,
+        call: wire::ConnCall,
+    ) -> futures_util::future::BoxFuture<'static, Result<wire::ConnAnswer, String>> {
+        let (t, timeout) = (self.transport.clone(), self.timeout);
+        Box::pin(async move {
+            match t.call(node, Class::Data, Request::Conn(call), timeout).await {
+                Ok(Answer::Conn(a)) => Ok(a),
+                Ok(Answer::Error(e)) => Err(e.to_string()),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e.to_string()),
             }

@@ -15,14 +15,21 @@ use openraft::ServerState;
 use super::records::{self, ClusterCommand, MemberState};
 use super::transport::{CallError, Class, Service, Transport};
 use super::wire::{
-    Answer, DeviceAnswer, DeviceCall, GroupStatus, MemberInfo, NodeId, NodeStatus, RaftAnswer,
-    RaftRpc, Request, WireError,
+    Answer, ConnAnswer, ConnCall, DeviceAnswer, DeviceCall, GroupStatus, MemberInfo, NodeId,
+    NodeStatus, RaftAnswer, RaftRpc, Request, WireError,
 };
 use crate::raft::{Command, Forward, ForwardError, GroupId, Groups, Response, WriteError};
 
 /// Runs device calls that arrive from peers (the device actors' side).
 pub trait DeviceCalls: Send + Sync + 'static {
-    fn call(&self, call: DeviceCall) -> BoxFuture<'static, Result<DeviceAnswer, WireError>>;
+    /// A call from node `from` for a device actor here.
+    fn call(
+        &self,
+        from: NodeId,
+        call: DeviceCall,
+    ) -> BoxFuture<'static, Result<DeviceAnswer, WireError>>;
+    /// A call from a device actor's node for a connection here.
+    fn conn(&self, call: ConnCall) -> BoxFuture<'static, Result<ConnAnswer, WireError>>;
 }
 
 /// The service behind this node's transport. It holds the groups weakly: the groups'
@@ -181,7 +188,7 @@ impl Service for ClusterService {
         }
     }
 
-    fn handle(&self, _from: NodeId, req: Request) -> BoxFuture<'static, Answer> {
+    fn handle(&self, from: NodeId, req: Request) -> BoxFuture<'static, Answer> {
         let Some(groups) = self.groups.get().and_then(Weak::upgrade) else {
             let e = WireError::Unavailable("node is starting or stopping".into());
             return async { Answer::Error(e) }.boxed();
@@ -274,10 +281,24 @@ impl Service for ClusterService {
             }
             Request::Device(call) => match self.devices.get() {
                 Some(d) => {
-                    let fut = d.call(call);
+                    let fut = d.call(from, call);
                     async move {
                         match fut.await {
                             Ok(a) => Answer::Device(a),
+                            Err(e) => Answer::Error(e),
+                        }
+                    }
+                    .boxed()
+                }
+                None => async { Answer::Error(WireError::Unavailable("no device runtime".into())) }
+                    .boxed(),
+            },
+            Request::Conn(call) => match self.devices.get() {
+                Some(d) => {
+                    let fut = d.conn(call);
+                    async move {
+                        match fut.await {
+                            Ok(a) => Answer::Conn(a),
                             Err(e) => Answer::Error(e),
                         }
                     }

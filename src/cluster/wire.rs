@@ -11,7 +11,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::broker::StoredMessage;
+use crate::mqtt::SubOptions;
 use crate::raft::{Command, GroupId, Response as Applied, TypeConfig};
+use crate::session::{SessionRecord, StoredWill};
 
 /// Version of every frame's encoding. A node refuses a peer whose hello carries another.
 pub const WIRE_VERSION: u8 = 1;
@@ -122,9 +125,121 @@ pub enum RaftAnswer {
 pub enum DeviceCall {
     /// A shadow request (from an application or a client on another node): its request
     /// topic (`$aws/things/{thing}/shadow[/name/{name}]/{get|update|delete}`) and payload.
-    Shadow { topic: String, payload: Vec<u8> },
+    Shadow {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// Jobs work for a thing's device actor.
-    Jobs { thing: String, call: JobsWork },
+    Jobs {
+        thing: String,
+        call: JobsWork,
+    },
+    /// A connection on the calling node attaches to `client`'s session. `conn` is the
+    /// connection's id on the calling node; later calls about it name it again.
+    Attach {
+        client: String,
+        conn: u64,
+        clean_start: bool,
+        expiry_secs: u32,
+        will: Option<Box<StoredWill>>,
+        /// The connection is already live and re-attaches because the session's actor
+        /// moved (a leader change): it keeps its window and socket.
+        resume: Option<Box<WireResume>>,
+    },
+    Subscribe {
+        client: String,
+        conn: u64,
+        filters: Vec<(String, SubOptions)>,
+        id: Option<u32>,
+    },
+    Unsubscribe {
+        client: String,
+        conn: u64,
+        filters: Vec<String>,
+    },
+    /// Offline-queue entries (by sequence number) the client acknowledged.
+    Delivered {
+        client: String,
+        seqs: Vec<u64>,
+    },
+    /// The connection ended; `live` is what it had in flight and not yet written.
+    Detach {
+        client: String,
+        conn: u64,
+        live: WireLive,
+        will: bool,
+        expiry_secs: Option<u32>,
+    },
+}
+
+/// One message on its way to a session's connection on another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDelivery {
+    pub msg: StoredMessage,
+    pub sub_ids: Vec<u32>,
+    pub seq: Option<u64>,
+    /// The shared subscription (group, filter) it came through, if only through one.
+    pub shared: Option<(String, String)>,
+}
+
+/// An unacknowledged delivery of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireInflight {
+    pub pkid: u16,
+    pub released: bool,
+    pub delivery: WireDelivery,
+}
+
+/// What a live connection brings when it re-attaches (`crate::device::Resume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireResume {
+    pub inflight: Vec<WireInflight>,
+    pub pending_seqs: Vec<u64>,
+    pub awaiting_rel: Vec<u16>,
+    pub record: Option<SessionRecord>,
+}
+
+/// A connection's live state (`crate::broker::LiveState`) on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLive {
+    pub inflight: Vec<WireInflight>,
+    pub pending: Vec<WireDelivery>,
+    pub awaiting_rel: Vec<u16>,
+}
+
+/// What the node running a session's device actor tells the node holding its
+/// connection (the other direction of [`DeviceCall::Attach`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnCall {
+    /// Deliveries for connection `conn`, in order. `batch` counts up per connection: a
+    /// retried batch the connection already has is not delivered twice.
+    Deliver { conn: u64, batch: u64, items: Vec<WireDelivery> },
+    /// An order of the device actor (`crate::broker::Control`).
+    Order { conn: u64, order: WireOrder },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireOrder {
+    /// A newer connection took the session: answered with the live state.
+    TakeOver,
+    /// Close with this reason code.
+    Kick(u8),
+    /// The session's actor moved (its shard's leader changed): re-attach, or close with
+    /// DISCONNECT 0x9C naming `server`. `record`: a clean session's state, which lives
+    /// in memory only.
+    Redirect { server: Option<String>, record: Option<Box<SessionRecord>> },
+}
+
+/// The answer to a [`ConnCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnAnswer {
+    /// Delivered (or already delivered, for a retried batch).
+    Delivered,
+    /// No such connection here (it ended, or this node restarted): of what was sent,
+    /// only the first `taken` were delivered.
+    Gone { taken: u32 },
+    /// The order was given; a takeover's answer carries the live state.
+    Ordered(Option<WireLive>),
 }
 
 /// Jobs work for a device actor: a request a client published, or the scheduler's.
@@ -160,7 +275,26 @@ pub struct WireReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceAnswer {
     Shadow(Vec<WireReply>),
-    Jobs { ok: bool, replies: Vec<WireReply> },
+    Jobs {
+        ok: bool,
+        replies: Vec<WireReply>,
+    },
+    /// The session is attached (and durable, for a persistent one).
+    Attached {
+        session_present: bool,
+        inflight: Vec<WireInflight>,
+        queued: Vec<WireDelivery>,
+        awaiting_rel: Vec<u16>,
+    },
+    /// Per filter, the reason code; and the retained messages to send after the SUBACK.
+    Subscribed {
+        codes: Vec<u8>,
+        retained: Vec<WireDelivery>,
+    },
+    Unsubscribed {
+        codes: Vec<u8>,
+    },
+    Done,
 }
 
 /// State of one group on one node.
@@ -230,6 +364,8 @@ pub enum Request {
     Elect {
         group: GroupId,
     },
+    /// For a connection on this node whose session's actor runs on the caller.
+    Conn(ConnCall),
 }
 
 /// The answer to a [`Request`].
@@ -243,6 +379,7 @@ pub enum Answer {
     Status(NodeStatus),
     Held,
     Device(DeviceAnswer),
+    Conn(ConnAnswer),
     Error(WireError),
 }
 

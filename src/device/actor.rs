@@ -204,7 +204,21 @@ impl DeviceState {
         // Session takeover: the older connection hands back its live state and closes.
         let old = self.slot.route().conn.clone();
         let mut live = LiveState::default();
-        if let Some(old) = old {
+        if let Some(resume) = &req.resume {
+            // A live connection re-attaching after a leader change. If another one has
+            // attached meanwhile (the client reconnected), that one has the session.
+            if old.as_ref().is_some_and(|o| !Arc::ptr_eq(o, &req.conn)) {
+                return Err(DeviceError::Unavailable);
+            }
+            // A persistent session is read from the shard; a clean one lives in memory
+            // and its state came with the connection from the previous actor.
+            match &resume.record {
+                Some(record) if !self.stored => self.adopt(record.clone()),
+                Some(_) => {}
+                None if !self.stored => return Err(DeviceError::Unavailable),
+                None => {}
+            }
+        } else if let Some(old) = old {
             let (tx, rx) = oneshot::channel();
             if old.order(Control::TakeOver { reply: tx }) {
                 if let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
@@ -227,7 +241,15 @@ impl DeviceState {
         }
         let session_present = self.exists;
         self.record.expiry_secs = req.expiry_secs;
-        self.record.will = req.will;
+        match &req.resume {
+            // The will stays the session's; it is not due while the connection lives.
+            Some(_) => {
+                if let Some(w) = &mut self.record.will {
+                    w.at_ms = None;
+                }
+            }
+            None => self.record.will = req.will,
+        }
         self.record.disconnected_at_ms = None;
 
         // In-flight first (stored ones, then those handed over), then every stored
@@ -252,7 +274,31 @@ impl DeviceState {
         inflight.extend(live.inflight);
         let mut awaiting_rel = std::mem::take(&mut self.record.awaiting_rel);
         awaiting_rel.extend(live.awaiting_rel);
-        let in_flight_seqs: HashSet<u64> = inflight.iter().filter_map(|i| i.delivery.seq).collect();
+        let mut in_flight_seqs: HashSet<u64> =
+            inflight.iter().filter_map(|i| i.delivery.seq).collect();
+        if let Some(r) = &req.resume {
+            // The connection's window is the session's in-flight state: nothing to
+            // resend, and what it holds is not delivered again.
+            in_flight_seqs = r.inflight.iter().filter_map(|i| i.delivery.seq).collect();
+            in_flight_seqs.extend(r.pending_seqs.iter().copied());
+            if let Some(top) = in_flight_seqs.iter().max() {
+                self.slot.next_seq.fetch_max(top + 1, Ordering::Relaxed);
+            }
+            // Stored in the record (the old actor's node journaled them, not this one),
+            // without the sequence numbers that name nothing stored here.
+            self.record.inflight = r
+                .inflight
+                .iter()
+                .map(|i| {
+                    let mut s = StoredInflight::from(i);
+                    s.seq = s.seq.filter(|seq| stored_seqs.contains(seq));
+                    s
+                })
+                .collect();
+            inflight = Vec::new();
+            awaiting_rel.clone_from(&r.awaiting_rel);
+            self.record.awaiting_rel.clone_from(&r.awaiting_rel);
+        }
         let mut queued = Vec::new();
         for (seq, m) in stored {
             if in_flight_seqs.contains(&seq) {
@@ -286,6 +332,18 @@ impl DeviceState {
             awaiting_rel,
             durable,
         })
+    }
+
+    /// Takes over a clean session's state from the actor of the shard's previous leader
+    /// (it lives in memory only): its subscriptions enter this node's trie.
+    fn adopt(&mut self, record: SessionRecord) {
+        let next_seq = self.record.next_seq.max(record.next_seq);
+        self.slot.next_seq.fetch_max(next_seq, Ordering::Relaxed);
+        for s in &record.subscriptions {
+            self.ctx.router.subscribe(&self.slot, &s.filter, s.opts, s.id);
+        }
+        self.record = SessionRecord { next_seq, ..record };
+        self.exists = true;
     }
 
     async fn detach(
@@ -728,7 +786,10 @@ impl DeviceActor {
             DeviceMsg::InjectPanic => panic!("injected fault in device actor {}", state.client),
             DeviceMsg::Evict { server } => {
                 let filters = state.record.subscriptions.iter().map(|s| s.filter.clone()).collect();
-                super::supervisor::evict(&state.ctx, &state.slot, server, Some(filters));
+                // A clean session's state is in memory only: it goes with the connection
+                // to the new leader's actor.
+                let record = (!state.persistent()).then(|| Box::new(state.record.clone()));
+                super::supervisor::evict(&state.ctx, &state.slot, server, Some(filters), record);
                 state.retired = true;
                 myself.stop(None);
             }

@@ -5,10 +5,14 @@
 //! offline enqueue and drain acknowledgement, wills, expiry, idle stop),
 //! [`DeviceSupervisor`] (spawns actors on demand, restarts failed ones from stored state,
 //! runs will and expiry timers, restores sessions at start-up) and [`Devices`], the handle
-//! connections use. Must not touch: sockets or the wire codec; the live in-flight window
+//! connections use. In a cluster, `remote` reaches the actors of devices whose shard
+//! another node leads (shadows, jobs) and `attached` serves a connection on one node
+//! from its actor on another (attach, subscribe, deliveries, takeover, re-attach after a
+//! leader change). Must not touch: sockets or the wire codec; the live in-flight window
 //! runs in the connection while one is attached.
 
 mod actor;
+mod attached;
 pub mod remote;
 mod supervisor;
 
@@ -20,6 +24,7 @@ use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
 pub use actor::DeviceActor;
+pub use attached::{DETACH_WAIT, PROBE_EVERY};
 pub use remote::{LeaderCalls, Remote};
 pub use supervisor::{watch_leadership, DeviceSupervisor, SupervisorMsg};
 
@@ -28,7 +33,7 @@ use crate::config::MqttConfig;
 use crate::jobs::{Jobs, JobsCall, Outcome};
 use crate::mqtt::{ReasonCode, SubOptions};
 use crate::raft::{Groups, SessionStore};
-use crate::session::{Inflight, StoredWill};
+use crate::session::{Inflight, SessionRecord, StoredWill};
 use crate::shadow::{Reply, RequestTopic, Shadows};
 use crate::store::{DurableAck, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -48,13 +53,6 @@ pub enum DeviceError {
     /// The actor could not store the change.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The device's shard is led by another node, which serves its session.
-    #[error("the device's shard is led by node {node}")]
-    Elsewhere {
-        node: u64,
-        /// That node's MQTT address, for a v5 client's Server Reference.
-        address: Option<String>,
-    },
 }
 
 /// What a connection brings when it attaches to its session.
@@ -65,6 +63,25 @@ pub struct AttachRequest {
     /// Granted session expiry in seconds.
     pub expiry_secs: u32,
     pub will: Option<StoredWill>,
+    /// Set when a live connection re-attaches because its session's actor moved to
+    /// another node (a leader change).
+    pub resume: Option<Box<Resume>>,
+}
+
+/// What a live connection brings when it re-attaches to its session's new actor. It
+/// keeps its socket, packet ids and window: nothing in it is sent again (MQTT resends
+/// only on a new connection), so the new actor delivers only what the connection does
+/// not hold, and stores the window as the session's in-flight state.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// The connection's unacknowledged deliveries.
+    pub inflight: Vec<Inflight>,
+    /// Stored entries waiting in the connection for a window slot.
+    pub pending_seqs: Vec<u64>,
+    pub awaiting_rel: Vec<u16>,
+    /// A clean session's state, handed over by the evicted actor (it is not in the
+    /// shard); `None` for a persistent session, which the new actor reads.
+    pub record: Option<SessionRecord>,
 }
 
 /// What the session gives the connection back.
@@ -234,6 +251,10 @@ pub struct Devices {
     /// For delivering answers of remote calls to a requester here (weak: the router
     /// holds this).
     router: OnceLock<Weak<Router>>,
+    /// Connections here whose device actor runs on another node, by connection id.
+    remote_conns: DashMap<u64, attached::RemoteConn>,
+    /// Connections of other nodes served by actors here, by (node, connection id).
+    proxies: DashMap<(u64, u64), Arc<attached::Proxy>>,
 }
 
 impl Devices {
@@ -406,9 +427,7 @@ impl Devices {
     ) -> Result<AttachReply, DeviceError> {
         match self.home(client) {
             Home::Local => {}
-            Home::Remote(node) => {
-                return Err(DeviceError::Elsewhere { node, address: self.mqtt_address(node) })
-            }
+            Home::Remote(node) => return self.attach_remote(node, client, req).await,
             Home::Unknown => return Err(DeviceError::Unavailable),
         }
         let client: Arc<str> = Arc::from(client);

@@ -3,11 +3,10 @@
 //! cluster transport), and answers such calls from peers for the devices it leads
 //! ([`LeaderCalls`]).
 //!
-//! What crosses nodes today: shadow requests (applications through the admin API, and
-//! clients connected here asking about another thing) and jobs work (the scheduler on
-//! the meta leader, and clients' jobs requests for another thing). A client's own MQTT
-//! session is served on its shard's leader: a connect elsewhere is redirected
-//! ([`super::DeviceError::Elsewhere`]).
+//! What crosses nodes: shadow requests (applications through the admin API, and clients
+//! connected here asking about another thing), jobs work (the scheduler on the meta
+//! leader, and clients' jobs requests for another thing), and the MQTT sessions of
+//! clients connected to a node that does not lead their shard (`super::attached`).
 
 use std::sync::{Arc, Weak};
 
@@ -17,7 +16,9 @@ use tokio::sync::oneshot;
 
 use super::{Devices, ShadowRequest};
 use crate::cluster::service::DeviceCalls;
-use crate::cluster::wire::{DeviceAnswer, DeviceCall, JobsWork, WireError, WireReply};
+use crate::cluster::wire::{
+    ConnAnswer, ConnCall, DeviceAnswer, DeviceCall, JobsWork, WireError, WireReply,
+};
 use crate::jobs::{JobsCall, Outcome};
 use crate::shadow::Reply;
 
@@ -28,6 +29,19 @@ pub trait Remote: Send + Sync + 'static {
     /// Runs `call` on `node`'s device actor and returns what it came to.
     fn call(&self, node: u64, call: DeviceCall)
         -> BoxFuture<'static, Result<DeviceAnswer, String>>;
+    /// As [`Remote::call`], for calls that may wait for a takeover and a durable write
+    /// there (attach, subscribe): a longer timeout.
+    fn session_call(
+        &self,
+        node: u64,
+        call: DeviceCall,
+    ) -> BoxFuture<'static, Result<DeviceAnswer, String>>;
+    /// Deliveries and orders for a connection on `node` served by an actor here.
+    fn conn_call(
+        &self,
+        node: u64,
+        call: ConnCall,
+    ) -> BoxFuture<'static, Result<ConnAnswer, String>>;
 }
 
 fn to_wire(r: &Reply) -> WireReply {
@@ -119,16 +133,31 @@ pub struct LeaderCalls {
     pub devices: Weak<Devices>,
     pub shadow_limit: usize,
     pub jobs_limit: usize,
+    /// The delivery backlog limit of a connection (`mqtt.outbound_queue`), for the
+    /// queues that stand in for connections on other nodes.
+    pub queue_limit: usize,
 }
 
 impl DeviceCalls for LeaderCalls {
-    fn call(&self, call: DeviceCall) -> BoxFuture<'static, Result<DeviceAnswer, WireError>> {
+    fn call(
+        &self,
+        from: u64,
+        call: DeviceCall,
+    ) -> BoxFuture<'static, Result<DeviceAnswer, WireError>> {
         let Some(devices) = self.devices.upgrade() else {
             return async { Err(WireError::Unavailable("node is stopping".into())) }.boxed();
         };
         let (shadow_limit, jobs_limit) = (self.shadow_limit, self.jobs_limit);
+        let queue_limit = self.queue_limit;
         async move {
             match call {
+                call @ DeviceCall::Attach { .. } => {
+                    devices.serve_attach(from, call, queue_limit).await
+                }
+                call @ (DeviceCall::Subscribe { .. }
+                | DeviceCall::Unsubscribe { .. }
+                | DeviceCall::Delivered { .. }
+                | DeviceCall::Detach { .. }) => devices.serve_session(from, call).await,
                 DeviceCall::Shadow { topic, payload } => {
                     let Some(topic) = crate::shadow::topics::parse_request(&topic) else {
                         return Err(WireError::Refused(format!(
@@ -199,5 +228,12 @@ impl DeviceCalls for LeaderCalls {
             }
         }
         .boxed()
+    }
+
+    fn conn(&self, call: ConnCall) -> BoxFuture<'static, Result<ConnAnswer, WireError>> {
+        let Some(devices) = self.devices.upgrade() else {
+            return async { Err(WireError::Unavailable("node is stopping".into())) }.boxed();
+        };
+        async move { Ok(devices.conn_call(call).await) }.boxed()
     }
 }

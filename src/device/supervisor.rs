@@ -266,7 +266,7 @@ impl SupervisorState {
         }
         for slot in self.ctx.devices.slots_in(self.shard) {
             if slot.actor().is_none() {
-                evict(&self.ctx, &slot, server.clone(), None);
+                evict(&self.ctx, &slot, server.clone(), None, None);
             }
         }
         self.ctx.metrics.sessions.set(self.ctx.devices.len() as i64);
@@ -282,6 +282,7 @@ pub(super) fn evict(
     slot: &Arc<SessionSlot>,
     server: Option<String>,
     subscriptions: Option<Vec<String>>,
+    record: Option<Box<crate::session::SessionRecord>>,
 ) {
     let filters = subscriptions.unwrap_or_else(|| {
         let rec = slot.parked().or_else(|| ctx.sessions.get(&slot.client_id).ok().flatten());
@@ -290,9 +291,15 @@ pub(super) fn evict(
     for f in filters {
         ctx.router.unsubscribe(slot, &f);
     }
-    let conn = slot.route_mut().conn.take();
+    let (conn, persistent) = {
+        let mut route = slot.route_mut();
+        (route.conn.take(), route.persistent)
+    };
     if let Some(q) = conn {
-        q.order(Control::Redirect { server });
+        // A clean session without an actor has its state parked (or none to keep).
+        let record =
+            record.or_else(|| (!persistent).then(|| Box::new(slot.parked().unwrap_or_default())));
+        q.order(Control::Redirect { server, record });
     }
     ctx.devices.remove_slot(slot);
 }
@@ -303,10 +310,12 @@ pub(super) fn evict(
 pub fn watch_leadership(
     groups: Arc<Groups>,
     supervisors: Vec<ActorRef<SupervisorMsg>>,
+    devices: Arc<super::Devices>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
         let mut last: Vec<Option<bool>> = vec![None; supervisors.len()];
+        let mut leaders: Vec<Option<u64>> = vec![None; supervisors.len()];
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut n: u64 = 0;
         loop {
@@ -320,6 +329,15 @@ pub fn watch_leadership(
             n += 1;
             for (i, sup) in supervisors.iter().enumerate() {
                 let shard = i as GroupId + 1;
+                // Connections here whose session's actor was on another node follow a
+                // new leader.
+                let leader = groups.leader(shard);
+                if leader.is_some() && (leader != leaders[i] || n.is_multiple_of(20)) {
+                    leaders[i] = leader;
+                    if let Some(l) = leader {
+                        devices.rehome(shard, l);
+                    }
+                }
                 let leads = groups.is_leader(shard);
                 if last[i] == Some(leads) && !n.is_multiple_of(20) {
                     continue;

@@ -182,6 +182,8 @@ impl Node {
                 transport: parts.transport.clone(),
                 groups: groups.clone(),
                 timeout: Duration::from_millis(cfg.cluster.rpc_timeout_ms),
+                // A takeover (at most 5 s) and the session record's write.
+                session_timeout: Duration::from_millis(cfg.cluster.write_timeout_ms + 5_000),
             };
             devices.set_cluster(groups.clone(), Arc::new(link), &router);
         }
@@ -262,8 +264,14 @@ impl Node {
                 devices: Arc::downgrade(&devices),
                 shadow_limit: cfg.shadow.max_pending_per_thing,
                 jobs_limit: cfg.jobs.max_pending_per_thing,
+                queue_limit: cfg.mqtt.outbound_queue,
             }));
-            watch_leadership(groups.clone(), supervisors.clone(), shutdown_rx.clone());
+            watch_leadership(
+                groups.clone(),
+                supervisors.clone(),
+                devices.clone(),
+                shutdown_rx.clone(),
+            );
         }
         scheduler::spawn(
             jobs,

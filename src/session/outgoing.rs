@@ -87,6 +87,13 @@ impl Outgoing {
         }
     }
 
+    /// The unacknowledged deliveries, and the stored entries waiting for a window slot:
+    /// what a connection that re-attaches to a moved session keeps (`crate::device::Resume`).
+    pub fn snapshot(&self) -> (Vec<Inflight>, Vec<u64>) {
+        let pending = self.pending.iter().filter_map(|d| d.seq).collect();
+        (self.inflight.iter().cloned().collect(), pending)
+    }
+
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
     }

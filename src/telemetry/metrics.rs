@@ -83,6 +83,9 @@ pub struct Metrics {
     pub connects: IntCounterVec,
     /// Connection ends by reason label.
     pub disconnects: IntCounterVec,
+    /// Live connections re-attached to their session's actor on a new shard leader
+    /// (`resumed`) or closed because that failed (`failed`).
+    pub session_resumes: IntCounterVec,
     /// Bad input by reason label (malformed, protocol error, oversize, ...).
     pub protocol_errors: IntCounterVec,
     packets_in: Vec<IntCounter>,
@@ -208,6 +211,11 @@ impl Metrics {
                 "homeport_disconnects_total",
                 "Connection ends by reason",
                 &["reason"],
+            ),
+            session_resumes: counter_vec(
+                "homeport_session_resumes_total",
+                "Live connections re-attached after their shard's leader changed, by outcome",
+                &["result"],
             ),
             protocol_errors: counter_vec(
                 "homeport_protocol_errors_total",

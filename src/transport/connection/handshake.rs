@@ -1,7 +1,6 @@
 //! CONNECT: read it within the deadline, validate it, negotiate limits, attach to the
 //! session, answer CONNACK.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,12 +13,7 @@ use crate::mqtt::{
 };
 use crate::session::StoredWill;
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh connection id (also used for assigned client identifiers).
-pub fn next_conn_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
+pub use crate::broker::next_conn_id;
 
 /// Why the handshake ended without a session.
 #[derive(Debug)]
@@ -211,28 +205,7 @@ pub async fn refuse<S: DeviceIo>(
     reason: ReasonCode,
     ctx: &ConnCtx,
 ) {
-    refuse_with(io, protocol, reason, Properties::default(), ctx).await
-}
-
-/// CONNACK 0x9C (Use another server) with `server` as Server Reference (v5); 3.1.1 has
-/// no redirect and gets 0x03 (server unavailable).
-pub async fn redirect<S: DeviceIo>(
-    io: &mut S,
-    protocol: Protocol,
-    server: Option<String>,
-    ctx: &ConnCtx,
-) {
-    let properties = Properties { server_reference: server, ..Default::default() };
-    refuse_with(io, protocol, ReasonCode::UseAnotherServer, properties, ctx).await
-}
-
-async fn refuse_with<S: DeviceIo>(
-    io: &mut S,
-    protocol: Protocol,
-    reason: ReasonCode,
-    properties: Properties,
-    ctx: &ConnCtx,
-) {
+    let properties = Properties::default();
     let p = Packet::ConnAck(ConnAck { session_present: false, reason, properties });
     let mut out = BytesMut::new();
     mqtt::encode(&p, protocol, &mut out);

@@ -23,11 +23,14 @@ mod subscribe;
 use crate::auth::policy::Action;
 use crate::auth::{Access, ConnectAuth, Tracked};
 use crate::broker::{ConnQueue, Control, Delivery, LiveState, SessionSlot};
-use crate::device::{AttachRequest, DeviceError, DeviceMsg};
+use crate::device::{AttachRequest, Resume};
 use crate::mqtt::{self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode};
-use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
+use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend, SessionRecord};
 use crate::transport::limits::{AddressGuard, ConnLimiter};
 
+/// How long a connection whose session's actor moved tries to re-attach (an election
+/// may have to finish first).
+const RESUME_WITHIN: Duration = Duration::from_secs(5);
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
 /// Acknowledgements a connection may owe at once. v5 clients are held to our Receive
@@ -238,14 +241,10 @@ async fn open<S: DeviceIo>(
         expiry_secs: neg.expiry_secs,
         // The session keeps the will; the connection needs no copy.
         will: neg.will.take().map(|w| *w),
+        resume: None,
     };
     let reply = match ctx.devices.attach(&neg.client_id, req).await {
         Ok(r) => r,
-        Err(DeviceError::Elsewhere { node, address }) => {
-            tracing::debug!(message = "connect redirected", client = %neg.client_id, node, address = ?address);
-            handshake::redirect(io, connect.protocol, address, &ctx).await;
-            return None;
-        }
         Err(e) => {
             tracing::warn!(message = "session attach failed", client = %neg.client_id, error = %e);
             handshake::refuse(io, connect.protocol, ReasonCode::ServerUnavailable, &ctx).await;
@@ -431,7 +430,7 @@ impl Conn {
             }
             if !self.delivered.is_empty() {
                 let seqs = std::mem::take(&mut self.delivered);
-                self.ctx.devices.cast(&self.client, Some(&self.slot), DeviceMsg::Delivered(seqs));
+                self.ctx.devices.delivered(&self.slot, self.queue.id, seqs);
             }
             // What waits for a window slot counts towards the backlog limit.
             self.queue.settle(self.outgoing.pending_len());
@@ -442,13 +441,20 @@ impl Conn {
                 _ = self.queue.ready() => {
                     let (items, control) = self.queue.take();
                     if let Some(c) = control {
-                        // Not sent on this connection: they go with the live state.
+                        // Not sent yet: they go with the live state, or stay for the
+                        // session's new actor.
                         self.outgoing.hold(items);
-                        return match c {
-                            Control::TakeOver { reply } => End::TakenOver(reply),
-                            Control::Kick(code) => End::Kicked(code),
-                            Control::Redirect { server } => End::Redirected(server),
-                        };
+                        match c {
+                            Control::TakeOver { reply } => return End::TakenOver(reply),
+                            Control::Kick(code) => return End::Kicked(code),
+                            Control::Redirect { server, record } => {
+                                if !Box::pin(self.resume(record)).await {
+                                    return End::Redirected(server);
+                                }
+                                last_work = Instant::now();
+                                continue;
+                            }
+                        }
                     }
                     for d in items {
                         self.deliver(d);
@@ -618,6 +624,60 @@ impl Conn {
         done.map(|()| None)
     }
 
+    /// The session's actor moved to another node (its shard's leader changed): attach to
+    /// the new one, keeping the socket, the window and its packet ids. Tried until
+    /// [`RESUME_WITHIN`] while the shard has no leader yet; false if it cannot be done
+    /// (a clean session whose state was lost with its node, or the client connected
+    /// again elsewhere), and the connection then closes with DISCONNECT 0x9C.
+    async fn resume(&mut self, record: Option<Box<SessionRecord>>) -> bool {
+        let expiry_secs = self.expiry_update.unwrap_or(self.neg.expiry_secs);
+        if expiry_secs == 0 && record.is_none() {
+            // A clean session whose state was lost with its actor's node.
+            self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
+            return false;
+        }
+        let (inflight, pending_seqs) = self.outgoing.snapshot();
+        let resume = Resume {
+            inflight,
+            pending_seqs,
+            awaiting_rel: self.incoming.awaiting(),
+            record: record.map(|r| *r),
+        };
+        let deadline = Instant::now() + RESUME_WITHIN;
+        let reply = loop {
+            let req = AttachRequest {
+                conn: self.queue.clone(),
+                clean_start: false,
+                expiry_secs,
+                will: None,
+                resume: Some(Box::new(resume.clone())),
+            };
+            match self.ctx.devices.attach(&self.client, req).await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::info!(message = "session resume failed", client = %self.client, error = %e);
+                    self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
+                    return false;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        if let Some(d) = reply.durable {
+            if !matches!(d.await, Ok(Ok(()))) {
+                self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
+                return false;
+            }
+        }
+        self.slot = reply.slot;
+        self.client = self.slot.client_id.clone();
+        for d in reply.queued {
+            self.deliver(d);
+        }
+        self.ctx.metrics.session_resumes.with_label_values(&["resumed"]).inc();
+        tracing::debug!(message = "session resumed on its new actor", client = %self.client);
+        true
+    }
+
     /// Ends the live session: the queue closes, and what is in flight or waiting, and
     /// what was still queued, goes back in order.
     fn live_state(&mut self) -> LiveState {
@@ -628,13 +688,7 @@ impl Conn {
     }
 
     fn detach(&mut self, live: LiveState, will: bool) {
-        let msg = DeviceMsg::Detach {
-            conn_id: self.queue.id,
-            live,
-            will,
-            expiry_secs: self.expiry_update,
-        };
-        self.ctx.devices.cast(&self.client, Some(&self.slot), msg);
+        self.ctx.devices.detach(&self.slot, self.queue.id, live, will, self.expiry_update);
     }
 
     async fn finish<S: DeviceIo>(&mut self, io: &mut S, end: End) {
@@ -692,7 +746,7 @@ impl Conn {
         tracing::debug!(message = "client disconnected", client = %self.client, reason = label);
         if !self.delivered.is_empty() {
             let seqs = std::mem::take(&mut self.delivered);
-            self.ctx.devices.cast(&self.client, Some(&self.slot), DeviceMsg::Delivered(seqs));
+            self.ctx.devices.delivered(&self.slot, self.queue.id, seqs);
         }
         presence::disconnected(&self.ctx.router, &self.client, self.queue.id, aws);
         let live = self.live_state();

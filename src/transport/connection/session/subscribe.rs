@@ -4,18 +4,14 @@
 
 use super::{Conn, End};
 use crate::auth::policy::Action;
-use crate::device::DeviceMsg;
 use crate::mqtt::{self, Packet, Properties, ReasonCode, SubAck, UnsubAck};
 use crate::transport::limits;
 
 impl Conn {
     pub(super) async fn on_unsubscribe(&mut self, u: mqtt::Unsubscribe) -> Result<(), End> {
         let filters = u.filters.clone();
-        let res = self
-            .ctx
-            .devices
-            .call(&self.client, Some(&self.slot), |reply| DeviceMsg::Unsubscribe { filters, reply })
-            .await;
+        let res =
+            self.ctx.devices.unsubscribe(&self.client, &self.slot, self.queue.id, filters).await;
         let reasons = match res {
             Ok((codes, durable)) => {
                 let ok = match durable {
@@ -82,15 +78,8 @@ impl Conn {
             self.out.packet(&Packet::SubAck(ack), &self.ctx.metrics);
             return Ok(());
         }
-        let res = self
-            .ctx
-            .devices
-            .call(&self.client, Some(&self.slot), |reply| DeviceMsg::Subscribe {
-                filters,
-                id,
-                reply,
-            })
-            .await;
+        let res =
+            self.ctx.devices.subscribe(&self.client, &self.slot, self.queue.id, filters, id).await;
         let (reasons, retained) = match res {
             Ok(r) => {
                 let ok = match r.durable {
