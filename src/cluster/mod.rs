@@ -154,6 +154,26 @@ pub struct DeviceLink {
     pub session_timeout: Duration,
 }
 
+impl DeviceLink {
+    /// One device call to `node`; the peer's error answer is the error.
+    fn device(
+        &self,
+        node: NodeId,
+        call: wire::DeviceCall,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<wire::DeviceAnswer, String>> {
+        let t = self.transport.clone();
+        Box::pin(async move {
+            match t.call(node, Class::Data, Request::Device(call), timeout).await {
+                Ok(Answer::Device(a)) => Ok(a),
+                Ok(Answer::Error(e)) => Err(e.to_string()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
 impl crate::device::Remote for DeviceLink {
     fn mqtt_address(&self, node: NodeId) -> Option<String> {
         let meta = self.groups.data(0)?;
@@ -165,15 +185,7 @@ impl crate::device::Remote for DeviceLink {
         node: NodeId,
         call: wire::DeviceCall,
     ) -> futures_util::future::BoxFuture<'static, Result<wire::DeviceAnswer, String>> {
-        let (t, timeout) = (self.transport.clone(), self.timeout);
-        Box::pin(async move {
-            match t.call(node, Class::Data, Request::Device(call), timeout).await {
-                Ok(Answer::Device(a)) => Ok(a),
-                Ok(Answer::Error(e)) => Err(e.to_string()),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+        self.device(node, call, self.timeout)
     }
 
     fn session_call(
@@ -181,15 +193,7 @@ impl crate::device::Remote for DeviceLink {
         node: NodeId,
         call: wire::DeviceCall,
     ) -> futures_util::future::BoxFuture<'static, Result<wire::DeviceAnswer, String>> {
-        let (t, timeout) = (self.transport.clone(), self.session_timeout);
-        Box::pin(async move {
-            match t.call(node, Class::Data, Request::Device(call), timeout).await {
-                Ok(Answer::Device(a)) => Ok(a),
-                Ok(Answer::Error(e)) => Err(e.to_string()),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+        self.device(node, call, self.session_timeout)
     }
 
     fn conn_call(

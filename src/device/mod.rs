@@ -14,6 +14,7 @@
 mod actor;
 mod attached;
 pub mod remote;
+mod session_wire;
 mod supervisor;
 
 use std::sync::{Arc, OnceLock, Weak};
