@@ -36,9 +36,12 @@ members() {
 
 pid_of() { cat "$DIR/node-$1/pid" 2>/dev/null || true; }
 
+# A zombie (killed, not yet reaped: in a container PID 1 may be slow to) is not alive.
 alive() {
   local p; p=$(pid_of "$1")
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null
+  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
+  local state; state=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null || echo X)
+  [ "$state" != Z ] && [ "$state" != X ]
 }
 
 start_node() {
@@ -96,7 +99,15 @@ case "$cmd" in
     ;;
   kill-9)
     i=${2:?usage: $0 kill-9 NODE}
-    alive "$i" && kill -9 "$(pid_of "$i")" && echo "node $i killed" || echo "node $i is not running"
+    if alive "$i"; then
+      kill -9 "$(pid_of "$i")"
+      # SIGKILL is delivered at once but a process with many threads takes a moment to
+      # go: wait, so that a `start` right after does not find it running.
+      for _ in $(seq 1 100); do alive "$i" || break; sleep 0.05; done
+      echo "node $i killed"
+    else
+      echo "node $i is not running"
+    fi
     ;;
   stop)
     i=${2:?usage: $0 stop NODE}

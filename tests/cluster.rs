@@ -126,6 +126,40 @@ async fn an_isolated_node_refuses_durable_writes_then_catches_up() {
     c.shutdown().await;
 }
 
+/// A shadow request sent through another node to a shard leader that has just been cut
+/// off ends when the shard elects a new leader ("unavailable": the old leader may have
+/// applied it), not at the transport's timeout, which is set longer than the admin
+/// API's here: a 504 would mean the call waited for the dead leader. The next request
+/// reaches the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_to_a_replaced_leader_ends_at_the_election() {
+    let c = TestCluster::start_static_with(3, |cfg| cfg.cluster.rpc_timeout_ms = 60_000).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let shards = c.cfgs[0].raft.shards;
+    let cut = c.leader_of(1).unwrap();
+    let via = c.node((cut + 1) % 3).admin_addr.unwrap();
+    let thing = common::cluster::thing_in_shard(1, shards, "gone");
+    let path = format!("/api/things/{thing}/shadow");
+    let (status, body) = common::http(via, "POST", &path, r#"{"state":{"desired":{"n":1}}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    c.isolate(cut);
+    // Sent before the majority can have elected anyone (that takes over a second).
+    let (status, body) = common::http(via, "POST", &path, r#"{"state":{"desired":{"n":2}}}"#).await;
+    assert_eq!(status, 503, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) =
+            common::http(via, "POST", &path, r#"{"state":{"desired":{"n":3}}}"#).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.heal();
+    c.shutdown().await;
+}
+
 /// Leaders spread over the nodes (each leads its share, give or take one), a drained
 /// node hands every group's leadership off and keeps its replicas (three nodes: nobody
 /// else can take them), and an undrained one gets its share back.

@@ -151,7 +151,8 @@ impl Devices {
             will: req.will.map(Box::new),
             resume: req.resume.as_deref().map(|r| Box::new(resume_to_wire(r))),
         };
-        match remote.session_call(node, call).await {
+        let answer = self.leader_call(node, client, call, true).ok_or(DeviceError::Unavailable)?;
+        match answer.await {
             Ok(DeviceAnswer::Attached { session_present, inflight, queued, awaiting_rel }) => {
                 Ok(AttachReply {
                     slot,
@@ -186,9 +187,9 @@ impl Devices {
                 .call(client, Some(slot), |reply| DeviceMsg::Subscribe { filters, id, reply })
                 .await;
         };
-        let remote = self.remote.get().cloned().ok_or(DeviceError::Unavailable)?;
         let call = DeviceCall::Subscribe { client: client.to_string(), conn, filters, id };
-        match remote.session_call(node, call).await {
+        let answer = self.leader_call(node, client, call, true).ok_or(DeviceError::Unavailable)?;
+        match answer.await {
             Ok(DeviceAnswer::Subscribed { codes: c, retained }) => Ok(SubscribeReply {
                 codes: codes(c),
                 retained: retained.into_iter().map(delivery_from_wire).collect(),
@@ -212,9 +213,9 @@ impl Devices {
                 .call(client, Some(slot), |reply| DeviceMsg::Unsubscribe { filters, reply })
                 .await;
         };
-        let remote = self.remote.get().cloned().ok_or(DeviceError::Unavailable)?;
         let call = DeviceCall::Unsubscribe { client: client.to_string(), conn, filters };
-        match remote.session_call(node, call).await {
+        let answer = self.leader_call(node, client, call, true).ok_or(DeviceError::Unavailable)?;
+        match answer.await {
             Ok(DeviceAnswer::Unsubscribed { codes: c }) => Ok((codes(c), None)),
             _ => Err(DeviceError::Unavailable),
         }

@@ -61,16 +61,44 @@ fn from_wire(r: WireReply) -> Reply {
 }
 
 impl Devices {
+    /// `call` to the actor of `thing` on `node` (its shard's leader), ended as failed
+    /// when the shard elects another leader meanwhile: a call to a leader that died
+    /// waits for the transport's timeout otherwise, and holds the thing's request
+    /// permit (every later request for it is throttled) until then. The outcome of an
+    /// ended call is unknown (the old leader may have applied it), so it is not sent
+    /// again; the caller answers "unavailable". `session` calls (attach, subscribe)
+    /// get the longer timeout. None without a cluster.
+    pub(super) fn leader_call(
+        &self,
+        node: u64,
+        thing: &str,
+        call: DeviceCall,
+        session: bool,
+    ) -> Option<BoxFuture<'static, Result<DeviceAnswer, String>>> {
+        let remote = self.remote.get()?;
+        let answer =
+            if session { remote.session_call(node, call) } else { remote.call(node, call) };
+        let Some(groups) = self.groups.get() else { return Some(answer) };
+        let replaced = groups.leader_replaced(groups.shard_of(thing), node);
+        Some(
+            async move {
+                tokio::select! {
+                    a = answer => a,
+                    now = replaced => Err(format!("leader {node} was replaced by {now} during the call")),
+                }
+            }
+            .boxed(),
+        )
+    }
+
     /// A shadow request for a thing another node leads: answered there; the answers for
     /// the requester come back and are delivered here.
     pub(super) fn shadow_remote(&self, node: u64, req: ShadowRequest) {
-        let Some(remote) = self.remote.get().cloned() else {
-            return;
-        };
         let router = self.router.get().cloned();
         let call = DeviceCall::Shadow { topic: req.topic.base(), payload: req.payload.to_vec() };
+        let Some(answer) = self.leader_call(node, &req.topic.thing, call, false) else { return };
         tokio::spawn(async move {
-            let replies = match remote.call(node, call).await {
+            let replies = match answer.await {
                 Ok(DeviceAnswer::Shadow(r)) => r.into_iter().map(from_wire).collect::<Vec<_>>(),
                 Ok(_) | Err(_) => {
                     // The caller's channel drops: it answers "unavailable".
@@ -100,7 +128,6 @@ impl Devices {
         permit: Option<super::RequestPermit>,
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        let Some(remote) = self.remote.get().cloned() else { return rx };
         let router = self.router.get().cloned();
         let work = match call {
             JobsCall::Request { topic, payload } => {
@@ -111,9 +138,10 @@ impl Devices {
             JobsCall::Cancel { job_id, force } => JobsWork::Cancel { job_id, force },
         };
         let call = DeviceCall::Jobs { thing: thing.to_string(), call: work };
+        let Some(answer) = self.leader_call(node, thing, call, false) else { return rx };
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(DeviceAnswer::Jobs { ok, replies }) = remote.call(node, call).await else {
+            let Ok(DeviceAnswer::Jobs { ok, replies }) = answer.await else {
                 return;
             };
             let replies: Vec<Reply> = replies.into_iter().map(from_wire).collect();

@@ -166,6 +166,22 @@ const SHARDS_KEY: &[u8] = b"shards";
 const NODE_KEY: &[u8] = b"node";
 const CLUSTER_KEY: &[u8] = b"cluster";
 
+/// Resolves once the metrics name a leader other than `leader` (with it); never if the
+/// metrics channel closes (the group is shutting down and its callers with it).
+pub(crate) async fn leader_replaced(
+    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    leader: u64,
+) -> u64 {
+    loop {
+        if let Some(now) = metrics.borrow_and_update().current_leader.filter(|n| *n != leader) {
+            return now;
+        }
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// FNV-1a, 64 bit: stable across releases and platforms (unlike `std`'s hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -413,6 +429,24 @@ impl Groups {
     /// The leader of `group` as this node knows it.
     pub fn leader(&self, group: GroupId) -> Option<u64> {
         self.raft(group).and_then(|r| r.metrics().borrow().current_leader)
+    }
+
+    /// Resolves once `group`'s known leader is a node other than `leader` (with that
+    /// node), and never if the group does not exist. A call made to a leader that has
+    /// died waits silently (QUIC notices only at its idle timeout); racing it against
+    /// this ends it when the group has moved on.
+    pub fn leader_replaced(
+        &self,
+        group: GroupId,
+        leader: u64,
+    ) -> impl std::future::Future<Output = u64> + Send + 'static {
+        let metrics = self.raft(group).map(|r| r.metrics());
+        async move {
+            match metrics {
+                Some(mut m) => leader_replaced(&mut m, leader).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Starts handing this node's leadership of `group` off without a membership change

@@ -234,17 +234,7 @@ impl Proposer {
         metrics: &mut watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
     ) -> Result<Vec<Response>, ForwardError> {
         let group = self.group;
-        let replaced = async {
-            loop {
-                if metrics.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                let now = metrics.borrow().current_leader;
-                if now.is_some_and(|n| n != leader) {
-                    return now;
-                }
-            }
-        };
+        let replaced = super::leader_replaced(metrics, leader);
         tokio::select! {
             r = f.forward(group, leader, cmds, left) => r,
             now = replaced => {
@@ -252,7 +242,7 @@ impl Proposer {
                 Err(ForwardError::Failed(WriteError::Unavailable {
                     group,
                     reason: format!(
-                        "leader {leader} was replaced by {now:?} while a write was forwarded to it (it may have committed)"
+                        "leader {leader} was replaced by {now} while a write was forwarded to it (it may have committed)"
                     ),
                 }))
             }
