@@ -44,6 +44,26 @@ impl AckWait {
     }
 }
 
+/// Carries messages to the other nodes of a cluster (`crate::cluster::forward`): told
+/// which filters this node's trie holds, it sends a message to each peer that
+/// announced a matching filter. Absent on a single node.
+pub trait Forwarder: Send + Sync + 'static {
+    /// A subscription to the non-shared `filter` was added here; returns the route
+    /// change a peer must have confirmed for the subscription to be in effect there.
+    fn subscribed(&self, filter: &str) -> u64;
+    /// Resolves once every peer that is up confirmed route change `seq` (false: one
+    /// did not in time).
+    fn confirmed(&self, seq: u64) -> futures_util::future::BoxFuture<'static, bool>;
+    /// A subscription to the non-shared `filter` was removed here.
+    fn unsubscribed(&self, filter: &str);
+    /// Whether any peer has a filter matching `topic`.
+    fn has_routes(&self, topic: &str) -> bool;
+    /// Sends `msg` to every peer with a matching filter; for QoS 1/2, `acks` gets what
+    /// the publisher's acknowledgement must wait for (the peer's answer, once what the
+    /// message caused there is durable). Returns the number of peers.
+    fn forward(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) -> usize;
+}
+
 /// Result of routing one message.
 #[derive(Debug, Default)]
 pub struct Routed {
@@ -72,6 +92,9 @@ struct PerSession {
 #[derive(Debug)]
 pub struct SubscribeOutcome {
     pub existed: bool,
+    /// In a cluster, the route change the peers must confirm before the SUBACK
+    /// ([`Router::with_routes`]).
+    pub route: Option<u64>,
 }
 
 pub struct Router {
@@ -87,6 +110,8 @@ pub struct Router {
     durable_inflight: bool,
     /// How much clients may retain (broker-made messages are not limited).
     retain_limits: RetainLimits,
+    /// The cluster's forwarding, if this node is in one.
+    forwarder: OnceLock<Arc<dyn Forwarder>>,
 }
 
 impl Router {
@@ -113,7 +138,14 @@ impl Router {
             devices: OnceLock::new(),
             durable_inflight,
             retain_limits,
+            forwarder: OnceLock::new(),
         })
+    }
+
+    /// Connects the router to the cluster's forwarding. Called once at start-up, before
+    /// any subscription exists.
+    pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(f);
     }
 
     /// Connects the router to the device actors (for offline sessions without a running
@@ -125,6 +157,7 @@ impl Router {
     /// Whether any subscription matches `topic` (to skip building events nobody hears).
     pub fn has_subscribers(&self, topic: &str) -> bool {
         !self.trie.read().matches(topic, |_| true).is_empty()
+            || self.forwarder.get().is_some_and(|f| f.has_routes(topic))
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -138,6 +171,12 @@ impl Router {
     /// Routes a message to every matching subscriber and updates retained state.
     pub fn publish(&self, msg: Arc<Message>) -> Result<Routed, StoreError> {
         self.publish_to(msg, None, false)
+    }
+
+    /// Routes a message another node forwarded to this node's subscribers only: it is
+    /// not forwarded again, and its retained state is the publishing node's business.
+    pub fn publish_forwarded(&self, msg: Arc<Message>) -> Routed {
+        self.route_here(&msg, None, false, Routed::default())
     }
 
     /// Publishes a broker-made reply (shadow `accepted`, `delta`, ...; QoS 1, JSON) to its
@@ -180,6 +219,21 @@ impl Router {
         if msg.retain {
             routed.retain_refused = !self.retain(&msg, &mut routed.acks);
         }
+        // Each node publishes its own `$SYS` tree.
+        if let Some(f) = self.forwarder.get().filter(|_| !msg.topic.starts_with("$SYS/")) {
+            routed.matched += f.forward(&msg, &mut routed.acks);
+        }
+        Ok(self.route_here(&msg, requester, broker_made, routed))
+    }
+
+    /// Delivers `msg` to the matching sessions of this node's trie (and `requester`).
+    fn route_here(
+        &self,
+        msg: &Arc<Message>,
+        requester: Option<&Arc<SessionSlot>>,
+        broker_made: bool,
+        mut routed: Routed,
+    ) -> Routed {
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
         // subscription identifiers. Few matches (the common case) are deduplicated by a
@@ -233,9 +287,9 @@ impl Router {
                 });
             }
         }
-        routed.matched = per_session.len();
+        routed.matched += per_session.len();
         // An event nobody listens to (presence, documents) is not a lost message.
-        if per_session.is_empty() && !broker_made {
+        if routed.matched == 0 && !broker_made {
             self.metrics.dropped(DropReason::NoSubscribers);
         }
         let mut journaled = false;
@@ -254,7 +308,7 @@ impl Router {
         if journaled {
             routed.acks.push(AckWait::Durable(self.store.durable()));
         }
-        Ok(routed)
+        routed
     }
 
     /// Hands a message that `leaving` received through a shared subscription but did not
@@ -423,7 +477,34 @@ impl Router {
         let mut trie = self.trie.write();
         let existed = trie.insert(f, group, Entry { key: SlotRef(slot.clone()), opts, id });
         self.metrics.subscriptions.set(trie.len() as i64);
-        SubscribeOutcome { existed }
+        // Under the trie's lock, so that announcements follow the trie's order.
+        let route = match (existed, group, self.forwarder.get()) {
+            (false, None, Some(fw)) => Some(fw.subscribed(f)),
+            _ => None,
+        };
+        SubscribeOutcome { existed, route }
+    }
+
+    /// What a SUBACK waits for: `durable` (the session record's write) and, in a
+    /// cluster, every peer's confirmation of route change `route` (a peer that does not
+    /// confirm in time is passed over, not an error).
+    pub fn with_routes(
+        &self,
+        durable: Option<DurableAck>,
+        route: Option<u64>,
+    ) -> Option<DurableAck> {
+        let (Some(seq), Some(fw)) = (route, self.forwarder.get()) else { return durable };
+        let confirmed = fw.confirmed(seq);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let stored = match durable {
+                Some(d) => d.await.unwrap_or(Err(StoreError::Closed)),
+                None => Ok(()),
+            };
+            confirmed.await;
+            let _ = tx.send(stored);
+        });
+        Some(rx)
     }
 
     pub fn unsubscribe(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
@@ -434,6 +515,9 @@ impl Router {
         let mut trie = self.trie.write();
         let removed = trie.remove(f, group, &SlotRef(slot.clone()));
         self.metrics.subscriptions.set(trie.len() as i64);
+        if let (true, None, Some(fw)) = (removed, group, self.forwarder.get()) {
+            fw.unsubscribed(f);
+        }
         removed
     }
 

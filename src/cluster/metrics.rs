@@ -36,6 +36,17 @@ pub struct ClusterMetrics {
     pub quorum_ack_age: GaugeVec,
     /// Placement and membership steps taken, by kind.
     pub membership_changes: IntCounterVec,
+    /// Messages forwarded to peers with matching routes, by result (`ok`, `failed`:
+    /// the peer did not answer, `overflow`: its queue was full).
+    pub forwarded: IntCounterVec,
+    /// Messages received from peers and routed here.
+    pub forwarded_in: IntCounterVec,
+    /// Route updates sent to peers, by kind (`delta`, `full`) and result.
+    pub route_updates: IntCounterVec,
+    /// SUBACK waits for the peers' confirmation of a route, by result (`ok`, `late`).
+    pub route_confirms: IntCounterVec,
+    /// Filters the peers have announced (over all peers).
+    pub peer_routes: prometheus::IntGauge,
 }
 
 impl ClusterMetrics {
@@ -58,6 +69,34 @@ impl ClusterMetrics {
             reg(r, GaugeVec::new(Opts::new(n, h), l).expect("valid metric"))
         };
         let m = ClusterMetrics {
+            forwarded: counter(
+                "homeport_cluster_forwarded_total",
+                "Messages forwarded to peers with matching subscriptions, by result",
+                &["result"],
+            ),
+            forwarded_in: counter(
+                "homeport_cluster_forwarded_in_total",
+                "Messages received from peers and routed on this node, by result",
+                &["result"],
+            ),
+            route_updates: counter(
+                "homeport_cluster_route_updates_total",
+                "Route updates sent to peers, by kind and result",
+                &["kind", "result"],
+            ),
+            route_confirms: counter(
+                "homeport_cluster_route_confirms_total",
+                "Waits of a SUBACK for every peer to confirm a new route, by result",
+                &["result"],
+            ),
+            peer_routes: reg(
+                r,
+                prometheus::IntGauge::new(
+                    "homeport_cluster_peer_routes",
+                    "Topic filters announced by the peers, over all peers",
+                )
+                .expect("valid metric"),
+            ),
             requests: counter(
                 "homeport_cluster_requests_total",
                 "Requests sent to peers, by traffic class and result",

@@ -3,9 +3,11 @@
 //! Owns: the transport ([`transport`], [`wire`], [`certs`], [`faults`]), openraft's
 //! network over it ([`raft_net`]), what peers are answered ([`service`]), the members and
 //! placement records in the meta group ([`records`]), where voters go ([`placement`]),
-//! and the loops that keep membership in step with placement ([`control`]).
-//! Must not touch: MQTT, shadows or jobs; device calls that cross nodes come in as
-//! [`wire::DeviceCall`] and are run by whatever [`service::DeviceCalls`] the node sets.
+//! the loops that keep membership in step with placement ([`control`]), and publishes
+//! across nodes ([`routes`]: who has which filters; [`forward`]: announcing them and
+//! carrying messages, handed to the broker's router as its `Forwarder`).
+//! Must not touch: MQTT sessions, shadows or jobs; device calls that cross nodes come in
+//! as [`wire::DeviceCall`] and are run by whatever [`service::DeviceCalls`] the node sets.
 //!
 //! A node without `cluster.bind` has no [`Cluster`] at all: its groups use
 //! `raft::LocalOnly` and it behaves as the single node it always was.
@@ -13,10 +15,12 @@
 pub mod certs;
 mod control;
 pub mod faults;
+pub mod forward;
 mod metrics;
 pub mod placement;
 pub mod raft_net;
 pub mod records;
+pub mod routes;
 pub mod service;
 pub mod transport;
 pub mod wire;
@@ -66,6 +70,8 @@ pub struct Parts {
     pub transport: Arc<Transport>,
     pub metrics: Arc<ClusterMetrics>,
     pub service: Arc<ClusterService>,
+    /// Routes and forwarded publishes (the router's `Forwarder`).
+    pub routing: Arc<forward::Routing>,
 }
 
 impl Parts {
@@ -101,7 +107,10 @@ pub fn start_transport(
     for m in &cfg.initial_members {
         t.learn(m.id, &m.addr);
     }
+    let routing =
+        forward::Routing::new(t.clone(), Duration::from_millis(cfg.rpc_timeout_ms), cm.clone());
     let service = Arc::new(ClusterService {
+        routing: routing.clone(),
         groups: std::sync::OnceLock::new(),
         incarnation: t.incarnation(),
         ready: std::sync::OnceLock::new(),
@@ -109,7 +118,7 @@ pub fn start_transport(
         holds: Default::default(),
     });
     t.set_service(service.clone());
-    Ok(Parts { transport: t, metrics: cm, service })
+    Ok(Parts { transport: t, metrics: cm, service, routing })
 }
 
 /// How a fresh data directory initializes its groups, and which groups this node
@@ -254,6 +263,7 @@ pub struct Cluster {
     /// openraft's leader lease: a voter that heard from its leader this recently
     /// refuses candidates.
     lease: Duration,
+    routing: Arc<forward::Routing>,
 }
 
 impl Cluster {
@@ -269,7 +279,7 @@ impl Cluster {
         lease: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Cluster> {
-        let Parts { transport, metrics, service } = parts;
+        let Parts { transport, metrics, service, routing } = parts;
         // `Groups::start` kept non-preferred groups from standing for election; after a
         // while every group may (the reconciler then keeps nodes out of groups they are
         // not placed in).
@@ -304,17 +314,22 @@ impl Cluster {
             preferred,
             stand_after,
             lease,
+            routing,
         });
         // A node the meta group already holds registers as active (its record keeps the
         // state it has); one that joins is registered as joining by the node it asks.
         tokio::spawn(c.clone().register(MemberState::Active, shutdown.clone()));
+        c.keep_routing_peers(&shutdown);
         let tick = Duration::from_millis(c.cfg.placement_interval_ms);
         let s = c.clone();
+        let stop = shutdown.clone();
         control::every(tick, shutdown.clone(), move || {
             let s = s.clone();
+            let stop = stop.clone();
             async move {
                 s.sync_addresses();
                 s.update_metrics();
+                s.keep_routing_peers(&stop);
             }
         });
         let s = c.clone();
@@ -387,6 +402,20 @@ impl Cluster {
     /// second); `/readyz` is false without it.
     pub fn healthy(&self) -> bool {
         self.meta_ok.load(Ordering::Acquire)
+    }
+
+    /// Route sync with every member that is not removed, and with the static members
+    /// from the start (before the meta group has them).
+    fn keep_routing_peers(&self, stop: &watch::Receiver<bool>) {
+        let members = self.members();
+        let mut peers: Vec<NodeId> =
+            members.iter().filter(|m| m.state != MemberState::Removed).map(|m| m.info.id).collect();
+        for m in &self.cfg.initial_members {
+            if !members.iter().any(|k| k.info.id == m.id) {
+                peers.push(m.id);
+            }
+        }
+        self.routing.keep_peers(&peers, stop);
     }
 
     /// Members as this node's copy of the meta group has them.

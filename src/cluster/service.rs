@@ -36,6 +36,8 @@ pub trait DeviceCalls: Send + Sync + 'static {
 /// forwarder holds the transport, which holds this service, and the groups must be
 /// dropped at shutdown (they hold the data directory's lock).
 pub struct ClusterService {
+    /// Routes and forwarded publishes.
+    pub routing: Arc<super::forward::Routing>,
     /// Set once the groups exist (peers' requests before that get "starting").
     pub groups: OnceLock<Weak<Groups>>,
     pub incarnation: u64,
@@ -271,6 +273,20 @@ impl Service for ClusterService {
                     match raft.trigger().elect().await {
                         Ok(()) => Answer::Held,
                         Err(e) => Answer::Error(WireError::Unavailable(e.to_string())),
+                    }
+                }
+                .boxed()
+            }
+            Request::Routes(update) => {
+                let at = self.routing.receive_routes(from, update);
+                async move { Answer::Routes(at) }.boxed()
+            }
+            Request::Publish(msgs) => {
+                let routing = self.routing.clone();
+                async move {
+                    match routing.receive_publish(msgs).await {
+                        Ok(()) => Answer::Published,
+                        Err(e) => Answer::Error(e),
                     }
                 }
                 .boxed()

@@ -366,20 +366,42 @@ pub enum Request {
     },
     /// For a connection on this node whose session's actor runs on the caller.
     Conn(ConnCall),
+    /// The caller's topic filters changed (`super::routes`); answered [`Answer::Routes`].
+    Routes(super::routes::RouteUpdate),
+    /// Messages published on the caller that match filters this node announced, in the
+    /// order they were published there; answered [`Answer::Published`] once what they
+    /// caused here is durable.
+    Publish(Vec<WireMessage>),
+}
+
+/// A message forwarded to a node with matching subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    pub msg: StoredMessage,
+    /// The publisher's client id (for no-local subscriptions).
+    pub origin: Option<String>,
 }
 
 /// The answer to a [`Request`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Answer {
-    Welcome { node: NodeId, incarnation: u64 },
+    Welcome {
+        node: NodeId,
+        incarnation: u64,
+    },
     Raft(RaftAnswer),
     Proposed(Vec<Applied>),
     ReadIndex(Option<u64>),
-    Joined { members: Vec<MemberInfo> },
+    Joined {
+        members: Vec<MemberInfo>,
+    },
     Status(NodeStatus),
     Held,
     Device(DeviceAnswer),
     Conn(ConnAnswer),
+    /// The change of the caller's routes this node is at now; None: send the full set.
+    Routes(Option<u64>),
+    Published,
     Error(WireError),
 }
 

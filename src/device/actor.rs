@@ -491,6 +491,7 @@ impl DeviceState {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         let mut changed = false;
+        let mut route: Option<u64> = None;
         for (filter, mut opts) in filters {
             let shared = topic::parse_shared(&filter);
             let code = match &shared {
@@ -523,6 +524,7 @@ impl DeviceState {
                 continue;
             }
             let out = self.ctx.router.subscribe(&self.slot, &filter, opts, id);
+            route = route.max(out.route);
             let is_shared = matches!(shared, Ok(Some(_)));
             let send_retained = !is_shared
                 && match opts.retain_handling {
@@ -541,8 +543,10 @@ impl DeviceState {
             changed = true;
             codes.push(code);
         }
-        // The SUBACK waits until the record is committed (and fails if it is not).
+        // The SUBACK waits until the record is committed (and fails if it is not) and
+        // the new routes are known to the other nodes.
         let durable = if changed { self.save() } else { None };
+        let durable = self.ctx.router.with_routes(durable, route);
         SubscribeReply { codes, retained, durable }
     }
 }

@@ -162,6 +162,11 @@ impl Node {
                 bytes: cfg.limits.max_retained_bytes,
             },
         )?);
+        if let Some(parts) = &transport {
+            // Before any subscription exists: the routes are announced from the first.
+            parts.routing.set_router(&router);
+            router.set_forwarder(Arc::new(parts.routing.clone()));
+        }
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
         let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));
         let devices = Arc::new(Devices::new());
