@@ -9,7 +9,8 @@
 //! - [`raft`]: openraft groups (meta and shards) on sled: durable device state, including
 //!   persistent MQTT sessions, offline queues and retained messages.
 //! - [`cluster`]: nodes replicating the groups over QUIC: transport, mutual TLS, fault
-//!   injection, members, placement and membership changes.
+//!   injection, members, placement and membership changes; routes between nodes and
+//!   forwarded publishes (`cluster::routes`, `cluster::forward`).
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
