@@ -245,18 +245,31 @@ impl Routing {
             acks.extend(router.publish_forwarded(msg).acks);
         }
         drop(router);
-        let wait = async {
-            for a in acks {
+        // Durable writes decide the answer; room at a slow subscriber here is flow
+        // control (the copies are queued), waited for only while time is left.
+        let (durable, room): (Vec<_>, Vec<_>) =
+            acks.into_iter().partition(|a| matches!(a, AckWait::Durable(_)));
+        let deadline = tokio::time::Instant::now() + self.timeout / 2;
+        let stored = async {
+            for a in durable {
                 a.wait().await?;
             }
             Ok::<(), StoreError>(())
         };
         // Within the caller's timeout, so that a refusal reaches it as one.
-        let (result, answer) = match tokio::time::timeout(self.timeout / 2, wait).await {
+        let (result, answer) = match tokio::time::timeout_at(deadline, stored).await {
             Ok(Ok(())) => ("ok", Ok(())),
             Ok(Err(e)) => ("error", Err(format!("a write the messages caused failed: {e}"))),
             Err(_) => ("timeout", Err("not confirmed stored in time".to_string())),
         };
+        if answer.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, async {
+                for a in room {
+                    let _ = a.wait().await;
+                }
+            })
+            .await;
+        }
         self.metrics.forwarded_in.with_label_values(&[result]).inc_by(n);
         answer.map_err(WireError::Unavailable)
     }

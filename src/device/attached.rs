@@ -522,6 +522,13 @@ impl Pump {
         loop {
             let wait = if gone_at.is_some() { DETACH_WAIT / 4 } else { PROBE_EVERY };
             let woke = tokio::time::timeout(wait, self.proxy.queue.ready()).await.is_ok();
+            // The node is stopping: the connection re-attaches to the shard's next leader
+            // (no will: the session goes on there), and the pump lets go of the transport.
+            if self.devices.upgrade().is_none_or(|d| d.stopping()) {
+                self.proxy.queue.close();
+                self.forget();
+                return;
+            }
             let detached = self.proxy.detach.lock().take();
             if let Some(d) = detached {
                 return self.finish(d);

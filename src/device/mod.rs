@@ -244,6 +244,8 @@ enum Home {
 #[derive(Default)]
 pub struct Devices {
     slots: DashMap<Arc<str>, Arc<SessionSlot>>,
+    /// The node is shutting down (`wake_connections`): pumps of proxied sessions end.
+    stopping: std::sync::atomic::AtomicBool,
     /// One per shard group, in shard order (shard 1 first).
     supervisors: OnceLock<Vec<ActorRef<SupervisorMsg>>>,
     /// Set in a cluster: who leads each shard, and how to reach the others.
@@ -353,11 +355,17 @@ impl Devices {
     /// Wakes every attached connection, so that hibernating ones see the node's
     /// shutdown (which the working ones watch for themselves).
     pub fn wake_connections(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
         for slot in self.slots.iter() {
             if let Some(q) = &slot.route().conn {
                 q.nudge();
             }
         }
+    }
+
+    /// Whether the node is shutting down.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sessions known to this node.
