@@ -11,21 +11,14 @@ use common::raw::{connect_packet, publish, subscribe, Raw};
 use homeport::mqtt::{Packet, Properties, Protocol, QoS, ReasonCode, Unsubscribe};
 use homeport::node::Node;
 
-/// Connects as a v5 client would: "server unavailable" (the session's shard is
-/// changing leaders) is tried again.
 async fn connected(node: &Node, id: &str) -> Raw {
-    for _ in 0..50 {
-        let mut raw = Raw::open(node).await;
-        let props = Properties::default();
-        match raw.connect_with(connect_packet(id, Protocol::V5, true, props)).await {
-            Packet::ConnAck(a) if a.reason == ReasonCode::Success => return raw,
-            Packet::ConnAck(a) if a.reason == ReasonCode::ServerUnavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            p => panic!("{id}: {p:?}"),
-        }
+    let mut raw = Raw::open(node).await;
+    let c = connect_packet(id, Protocol::V5, true, Properties::default());
+    match raw.connect_retrying(c).await {
+        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success, "{id}: {a:?}"),
+        p => panic!("{id}: {p:?}"),
     }
-    panic!("{id}: server unavailable for 5 s")
+    raw
 }
 
 async fn acked(raw: &mut Raw) -> Packet {

@@ -26,25 +26,16 @@ fn persistent() -> Properties {
     Properties { session_expiry_interval: Some(3600), ..Default::default() }
 }
 
-/// Connects as a client would: "server unavailable" (the shard is changing leaders,
-/// which the placement controller still does right after the cluster settled) is tried
-/// again on a new connection to the same node.
+/// Connects, trying again while the shard changes leaders (the placement controller
+/// still hands leaderships over right after the cluster settled).
 async fn connack(raw: &mut Raw, id: &str, v: Protocol, clean: bool, props: Properties) -> bool {
-    for _ in 0..50 {
-        match raw.connect_with(connect_packet(id, v, clean, props.clone())).await {
-            Packet::ConnAck(a) if a.reason == ReasonCode::ServerUnavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let node = raw.s.peer_addr().expect("connected socket");
-                *raw = Raw::open_addr(node).await;
-            }
-            Packet::ConnAck(a) => {
-                assert_eq!(a.reason, ReasonCode::Success, "{id}: {a:?}");
-                return a.session_present;
-            }
-            p => panic!("{id}: {p:?}"),
+    match raw.connect_retrying(connect_packet(id, v, clean, props)).await {
+        Packet::ConnAck(a) => {
+            assert_eq!(a.reason, ReasonCode::Success, "{id}: {a:?}");
+            a.session_present
         }
+        p => panic!("{id}: {p:?}"),
     }
-    panic!("{id}: server unavailable for 5 s")
 }
 
 async fn subscribed(raw: &mut Raw, pkid: u16, filter: &str, qos: QoS) {

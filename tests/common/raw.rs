@@ -90,6 +90,23 @@ impl Raw {
         r.ok().flatten()
     }
 
+    /// CONNECT as a client would in a cluster: CONNACK "server unavailable" (the
+    /// session's shard is changing leaders) is tried again on a new connection to the
+    /// same node, for up to 5 s. Returns the first other answer.
+    pub async fn connect_retrying(&mut self, c: Connect) -> Packet {
+        for _ in 0..50 {
+            match self.connect_with(c.clone()).await {
+                Packet::ConnAck(a) if a.reason == ReasonCode::ServerUnavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let node = self.s.peer_addr().expect("connected socket");
+                    *self = Raw::open_addr(node).await;
+                }
+                other => return other,
+            }
+        }
+        panic!("{}: server unavailable for 5 s", c.client_id)
+    }
+
     pub async fn connect(&mut self, id: &str, v: Protocol, props: Properties) -> Packet {
         self.connect_with(connect_packet(id, v, true, props)).await
     }

@@ -3,6 +3,8 @@
 //! group. Session writes are submitted without waiting (they apply in submission order);
 //! the actor waits for them only before it reads its shard again (attach, start-up).
 
+mod subscribe;
+
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,13 +13,11 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use super::{
-    AttachReply, AttachRequest, DeviceCtx, DeviceError, DeviceMsg, SubscribeReply, SupervisorMsg,
-};
+use super::{AttachReply, AttachRequest, DeviceCtx, DeviceError, DeviceMsg, SupervisorMsg};
 use crate::broker::{now_ms, Control, Delivery, LiveState, Offer, SessionSlot, StoredMessage};
 use crate::config::QueuePolicy;
-use crate::mqtt::{topic, QoS, ReasonCode, SubOptions};
-use crate::session::{SessionRecord, Stage, StoredInflight, StoredSubscription};
+use crate::mqtt::ReasonCode;
+use crate::session::{SessionRecord, Stage, StoredInflight};
 use crate::shadow::ShadowCache;
 use crate::store::{DurableAck, StoreError};
 use crate::telemetry::DropReason;
@@ -484,70 +484,6 @@ impl DeviceState {
         let ticket =
             self.ctx.sessions.enqueue(&self.client, seq, StoredMessage::from(&d), drop_oldest, ack);
         self.wrote(ticket);
-    }
-
-    fn subscribe(&mut self, filters: Vec<(String, SubOptions)>, id: Option<u32>) -> SubscribeReply {
-        let cfg = self.ctx.mqtt.clone();
-        let mut codes = Vec::with_capacity(filters.len());
-        let mut retained = Vec::new();
-        let mut changed = false;
-        let mut route: Option<u64> = None;
-        for (filter, mut opts) in filters {
-            let shared = topic::parse_shared(&filter);
-            let code = match &shared {
-                Err(_) => ReasonCode::TopicFilterInvalid,
-                Ok(None) if !topic::valid_filter(&filter) => ReasonCode::TopicFilterInvalid,
-                Ok(Some(_)) if !cfg.shared_subscription_available => {
-                    ReasonCode::SharedSubscriptionsNotSupported
-                }
-                _ if !cfg.wildcard_subscription_available && topic::has_wildcard(&filter) => {
-                    ReasonCode::WildcardSubscriptionsNotSupported
-                }
-                _ if self.record.subscriptions.len() >= cfg.max_subscriptions_per_client
-                    && !self.record.subscriptions.iter().any(|s| s.filter == filter) =>
-                {
-                    self.ctx.metrics.limit_hits.with_label_values(&["subscriptions"]).inc();
-                    ReasonCode::QuotaExceeded
-                }
-                _ => {
-                    let max = QoS::from_u8(cfg.maximum_qos).unwrap_or(QoS::ExactlyOnce);
-                    opts.qos = opts.qos.min(max);
-                    match opts.qos {
-                        QoS::AtMostOnce => ReasonCode::Success,
-                        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
-                        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
-                    }
-                }
-            };
-            if code.is_error() {
-                codes.push(code);
-                continue;
-            }
-            let out = self.ctx.router.subscribe(&self.slot, &filter, opts, id);
-            route = route.max(out.route);
-            let is_shared = matches!(shared, Ok(Some(_)));
-            let send_retained = !is_shared
-                && match opts.retain_handling {
-                    crate::mqtt::RetainHandling::SendAtSubscribe => true,
-                    crate::mqtt::RetainHandling::SendIfNew => !out.existed,
-                    crate::mqtt::RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
-                for mut d in self.ctx.router.retained_for(&filter, opts.qos) {
-                    d.sub_ids.extend(id);
-                    retained.push(d);
-                }
-            }
-            self.record.subscriptions.retain(|s| s.filter != filter);
-            self.record.subscriptions.push(StoredSubscription { filter, opts, id });
-            changed = true;
-            codes.push(code);
-        }
-        // The SUBACK waits until the record is committed (and fails if it is not) and
-        // the new routes are known to the other nodes.
-        let durable = if changed { self.save() } else { None };
-        let durable = self.ctx.router.with_routes(durable, route);
-        SubscribeReply { codes, retained, durable }
     }
 }
 
