@@ -6,6 +6,8 @@
 #   cluster/local.sh kill-9 NODE   SIGKILL one node
 #   cluster/local.sh stop NODE     SIGTERM one node and wait for it to exit
 #   cluster/local.sh start NODE    start one node again on its data directory
+#   cluster/local.sh rolling-restart  SIGTERM and start each node in turn, waiting until
+#                                  it serves again ($ROLL_PAUSE s between, default 3)
 #   cluster/local.sh down          stop every node this script started
 #
 # Node i: MQTT 127.0.0.1:(1880+i), WebSocket (8880+i), admin (8080+i), cluster QUIC on
@@ -112,8 +114,10 @@ case "$cmd" in
   stop)
     i=${2:?usage: $0 stop NODE}
     if alive "$i"; then
+      # SIGTERM: the node hands its leaders off and sends its clients elsewhere first
+      # (at most cluster.leave_timeout_ms, 20 s by default), then stops.
       p=$(pid_of "$i"); kill -TERM "$p"
-      for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 400); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
       echo "node $i stopped"
     else
       echo "node $i is not running"
@@ -124,19 +128,36 @@ case "$cmd" in
     ensure_bin; size >/dev/null
     start_node "$i"; wait_ready "$i"
     ;;
+  rolling-restart)
+    n=$(size)
+    ensure_bin
+    for i in $(seq 1 "$n"); do
+      t0=$(date +%s.%N)
+      "$0" stop "$i"
+      start_node "$i" >/dev/null
+      wait_ready "$i"
+      # Serving again: /readyz says the node is on the meta group's majority side.
+      for _ in $(seq 1 100); do
+        curl -fsS "http://127.0.0.1:$((8080 + i))/readyz" >/dev/null 2>&1 && break
+        sleep 0.2
+      done
+      echo "node $i restarted in $(echo "$(date +%s.%N) - $t0" | bc) s"
+      sleep "${ROLL_PAUSE:-3}"
+    done
+    ;;
   down)
     n=$(size)
     for i in $(seq 1 "$n"); do alive "$i" && kill -TERM "$(pid_of "$i")" || true; done
     for i in $(seq 1 "$n"); do
       p=$(pid_of "$i"); [ -z "$p" ] && continue
-      for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 400); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
       kill -0 "$p" 2>/dev/null && kill -9 "$p" || true
       rm -f "$DIR/node-$i/pid"
     done
     echo "stopped; data stays in $DIR"
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -10,10 +10,14 @@
 //!   persistent MQTT sessions, offline queues and retained messages.
 //! - [`cluster`]: nodes replicating the groups over QUIC: transport, mutual TLS, fault
 //!   injection, members, placement and membership changes; routes between nodes and
-//!   forwarded publishes (`cluster::routes`, `cluster::forward`).
+//!   forwarded publishes (`cluster::routes`, `cluster::forward`), failure detection
+//!   (`cluster::liveness`), leaving before a stop (`Cluster::hand_off_all`).
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
+//! - [`rules`]: rule SQL (EMQX and AWS IoT dialects: lexer, parser, plans, evaluation,
+//!   functions; pure), rule definitions in the meta group, and the node's rule engine on
+//!   the publish path with its republish action. Sinks come next.
 //! - [`auth`]: device identity (secrets, JWTs, X.509), policies, admin tokens, the audit
 //!   log, fleet provisioning.
 //! - [`store`]: the node's sled database, versioned postcard values, the node-local
@@ -41,6 +45,7 @@ pub mod mqtt;
 pub mod node;
 pub mod raft;
 pub mod registry;
+pub mod rules;
 pub mod session;
 pub mod shadow;
 pub mod store;

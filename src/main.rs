@@ -186,8 +186,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = load(&args)?;
     homeport::telemetry::init_logging(&cfg.log);
+    let leave = cfg.cluster.enabled().then_some(cfg.cluster.leave_timeout_ms);
     let node = Node::start(cfg).await.context("starting node")?;
     wait_for_signal().await;
+    if let Some(ms) = leave {
+        // Leaders and clients move to the other nodes first.
+        tracing::info!(message = "leaving the cluster's service before stopping");
+        node.leave(std::time::Duration::from_millis(ms)).await;
+    }
     tracing::info!(message = "shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())

@@ -146,7 +146,11 @@ async fn an_isolated_node_refuses_durable_writes_then_catches_up() {
 /// reaches the new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_to_a_replaced_leader_ends_at_the_election() {
-    let c = TestCluster::start_static_with(3, |cfg| cfg.cluster.rpc_timeout_ms = 60_000).await;
+    let c = TestCluster::start_static_with(3, |cfg| {
+        cfg.cluster.rpc_timeout_ms = 60_000;
+        cfg.cluster.node_down_ms = 120_000;
+    })
+    .await;
     c.wait_settled(3, Duration::from_secs(20)).await;
     let shards = c.cfgs[0].raft.shards;
     let cut = c.leader_of(1).unwrap();

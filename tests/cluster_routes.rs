@@ -12,13 +12,7 @@ use homeport::mqtt::{Packet, Properties, Protocol, QoS, ReasonCode, Unsubscribe}
 use homeport::node::Node;
 
 async fn connected(node: &Node, id: &str) -> Raw {
-    let mut raw = Raw::open(node).await;
-    let c = connect_packet(id, Protocol::V5, true, Properties::default());
-    match raw.connect_retrying(c).await {
-        Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success, "{id}: {a:?}"),
-        p => panic!("{id}: {p:?}"),
-    }
-    raw
+    Raw::connected(node, connect_packet(id, Protocol::V5, true, Properties::default())).await
 }
 
 async fn acked(raw: &mut Raw) -> Packet {

@@ -219,13 +219,13 @@ async fn a_device_elsewhere_gets_its_shadow_replies_and_deltas() {
     c.shutdown().await;
 }
 
-/// The node running the sessions' actors stops. A persistent session's connection on
-/// another node keeps its socket and re-attaches to the new leader's actor (from the
-/// replicated state); a clean session's state was in the stopped node's memory, so its
-/// connection is closed with DISCONNECT 0x9C naming the new leader.
+/// The node running the sessions' actors is cut off, as if it had crashed. A persistent
+/// session's connection on another node keeps its socket and re-attaches to the new
+/// leader's actor (from the replicated state); a clean session's state was in the lost
+/// node's memory, so its connection is closed with DISCONNECT 0x9C naming the new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_elsewhere_survive_the_loss_of_their_actors_node() {
-    let mut c = TestCluster::start_static(3).await;
+    let c = TestCluster::start_static(3).await;
     c.wait_settled(3, Duration::from_secs(20)).await;
     let shards = c.cfgs[0].raft.shards;
     let leader = c.leader_of(1).unwrap();
@@ -238,7 +238,7 @@ async fn connections_elsewhere_survive_the_loss_of_their_actors_node() {
     let mut clean = Raw::open(c.node(away)).await;
     connack(&mut clean, &lost, Protocol::V5, true, Properties::default()).await;
     subscribed(&mut clean, 1, &format!("f/{lost}"), QoS::AtLeastOnce).await;
-    c.stop(leader).await;
+    c.isolate(leader);
     let reason = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match clean.recv().await {
@@ -251,7 +251,11 @@ async fn connections_elsewhere_survive_the_loss_of_their_actors_node() {
     .await
     .expect("the clean session's connection is told within 15 s");
     assert_eq!(reason.0, ReasonCode::UseAnotherServer, "{reason:?}");
-    let new_leader = c.leader_of(1).expect("a new leader");
+    // The new leader among the nodes on this side of the cut.
+    let new_leader = (0..3)
+        .filter(|&i| i != leader)
+        .find(|&i| c.node(i).groups.is_leader(1))
+        .expect("a new leader");
     assert_eq!(reason.1, c.node(new_leader).mqtt_addr.map(|a| a.to_string()));
     // The persistent session's connection is still there and served by the new actor.
     let mut publ = Raw::open(c.node(new_leader)).await;
@@ -265,6 +269,66 @@ async fn connections_elsewhere_survive_the_loss_of_their_actors_node() {
     let mut durable = Raw::open(c.node(away)).await;
     assert!(connack(&mut durable, &kept, Protocol::V5, false, persistent()).await);
     assert_eq!(&durable.next_publish(true).await.payload[..], b"stored");
+    c.heal();
+    c.shutdown().await;
+}
+
+/// The node running the sessions' actors stops without handing its shards over (its
+/// leadership ends with it). Its actors evict their sessions as they stop: connections
+/// on other nodes keep their sockets, and a clean session's state (its subscription,
+/// in the stopped node's memory only) goes with its connection to the new leader's
+/// actor, as on a hand-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_elsewhere_keep_their_sessions_when_their_actors_node_stops() {
+    let mut c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let shards = c.cfgs[0].raft.shards;
+    let leader = c.leader_of(1).unwrap();
+    let away = other(leader, 1);
+    let kept = common::cluster::thing_in_shard(1, shards, "kept");
+    let clean_id = common::cluster::thing_in_shard(1, shards, "clean");
+    let mut durable = Raw::open(c.node(away)).await;
+    connack(&mut durable, &kept, Protocol::V5, true, persistent()).await;
+    subscribed(&mut durable, 1, &format!("s/{kept}"), QoS::AtLeastOnce).await;
+    let mut clean = Raw::open(c.node(away)).await;
+    connack(&mut clean, &clean_id, Protocol::V5, true, Properties::default()).await;
+    subscribed(&mut clean, 1, &format!("s/{clean_id}"), QoS::AtLeastOnce).await;
+    assert_eq!(c.node(leader).devices.proxied(), 2, "both are served by the leader's actors");
+    c.stop(leader).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let new_leader = loop {
+        if let Some(l) = c.leader_of(1) {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a new leader within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut publ = Raw::open(c.node(new_leader)).await;
+    connack(&mut publ, "pub-s", Protocol::V5, true, Properties::default()).await;
+    // Re-attaching may still be under way: each is published until it arrives.
+    for (raw, id) in [(&mut durable, &kept), (&mut clean, &clean_id)] {
+        let got = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut n = 0u16;
+            loop {
+                n += 1;
+                published(&mut publ, &format!("s/{id}"), n, "after stop").await;
+                let wait = Duration::from_millis(500);
+                loop {
+                    match tokio::time::timeout(wait, raw.recv()).await {
+                        Ok(Some(Packet::Publish(p))) => return p,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => panic!("{id}: the connection was closed"),
+                        Err(_) => break,
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} is served again on its socket within 15 s"));
+        assert_eq!(&got.payload[..], b"after stop");
+    }
+    let resumed = r#"homeport_session_resumes_total{result="resumed"}"#;
+    assert!(common::metric(c.node(away), resumed).await >= 2.0);
     c.shutdown().await;
 }
 

@@ -118,3 +118,40 @@ async fn ctl_drives_shadows_and_jobs() {
     assert_eq!(out.trim(), "THING\nfan-1");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_manages_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let admin = node.admin_addr.unwrap();
+    let sql = r#"SELECT payload.t AS t FROM "s/#" WHERE t > 1"#;
+    let (ok, out, err) =
+        ctl(admin, &["rules", "create", "hot", "--sql", sql, "--republish", "out/${clientid}"])
+            .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "created rule hot");
+    let (ok, out, _) = ctl(admin, &["rules", "list"]).await;
+    assert!(ok);
+    assert!(out.contains("hot") && out.contains("0/0/0"), "{out}");
+    let (ok, out, err) =
+        ctl(admin, &["rules", "test", "--sql", sql, "--topic", "s/1", "--payload", r#"{"t": 5}"#])
+            .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"t":5}"#);
+    let (ok, _, err) = ctl(admin, &["rules", "create", "bad", "--sql", "SELECT FROM 's'"]).await;
+    assert!(!ok);
+    assert!(err.contains("400 bad_request: sql: line 1, column 8"), "{err}");
+    let (ok, out, _) = ctl(admin, &["rules", "disable", "hot"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "rule hot disabled");
+    let (ok, out, _) = ctl(admin, &["--json", "rules", "get", "hot"]).await;
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["enabled"].as_bool(), v["version"].as_u64()), (Some(false), Some(2)));
+    let (ok, _, _) = ctl(admin, &["rules", "delete", "hot"]).await;
+    assert!(ok);
+    let (ok, _, err) = ctl(admin, &["rules", "get", "hot"]).await;
+    assert!(!ok);
+    assert!(err.contains("404 not_found"), "{err}");
+    node.shutdown().await.unwrap();
+}

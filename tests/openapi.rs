@@ -108,6 +108,12 @@ async fn the_document_lists_every_endpoint_and_matches_the_answers() {
         ("/api/cluster/faults", "get"),
         ("/api/cluster/faults", "put"),
         ("/api/cluster/faults", "delete"),
+        ("/api/rules", "get"),
+        ("/api/rules", "post"),
+        ("/api/rules/test", "post"),
+        ("/api/rules/{rule}", "get"),
+        ("/api/rules/{rule}", "put"),
+        ("/api/rules/{rule}", "delete"),
     ];
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()

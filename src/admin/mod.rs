@@ -2,7 +2,8 @@
 //! shadows under `/api/things/{thing}/shadow` ([`shadows`]), jobs under `/api/jobs`
 //! ([`jobs`]), the registry: things and thing groups ([`things`]), and identity and
 //! access: credentials, policies, CA and device certificates ([`identity`]), and the
-//! cluster: members, groups, placement, init, join, drain, remove, faults ([`cluster`]).
+//! cluster: members, groups, placement, init, join, drain, remove, faults ([`cluster`]),
+//! and rules ([`rules`]).
 //!
 //! Owns: the HTTP surface for operators and applications. Must not touch: broker
 //! internals beyond reading metrics and readiness; device state changes go to the device
@@ -14,6 +15,7 @@ pub mod cluster;
 mod identity;
 pub mod identity_api;
 mod jobs;
+pub mod rules;
 mod shadows;
 mod things;
 
@@ -54,6 +56,7 @@ pub struct AdminState {
     pub shadow_pending_limit: usize,
     /// The cluster side, once it runs (never on a single node).
     pub cluster: Arc<std::sync::OnceLock<Arc<crate::cluster::Cluster>>>,
+    pub rules: Arc<crate::rules::engine::RuleEngine>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -111,6 +114,7 @@ async fn not_found() -> Response {
         (name = "access", description = "Admin API tokens and the audit log"),
         (name = "operations", description = "Health, readiness and metrics"),
         (name = "cluster", description = "Cluster members, groups, placement and fault injection"),
+        (name = "rules", description = "Rules: SQL over messages and events, and their actions"),
     )
 )]
 struct ApiDoc;
@@ -158,6 +162,9 @@ fn documented() -> (Router<AdminState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::undrain))
         .routes(routes!(cluster::remove))
         .routes(routes!(cluster::list_faults, cluster::set_faults, cluster::heal))
+        .routes(routes!(rules::list, rules::create))
+        .routes(routes!(rules::test))
+        .routes(routes!(rules::get, rules::update, rules::delete))
         .split_for_parts()
 }
 

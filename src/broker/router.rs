@@ -69,6 +69,10 @@ pub trait Forwarder: Send + Sync + 'static {
 pub struct Routed {
     /// Subscriptions that matched (after no-local).
     pub matched: usize,
+    /// Subscriptions of this node's trie the topic matched, before no-local and
+    /// offline clean sessions: none means nobody here subscribes (a stale route, for a
+    /// forwarded message).
+    pub found: usize,
     /// What a QoS 1/2 publisher's acknowledgement waits for: every durable write this
     /// message caused, and room at subscribers whose backlog was full.
     pub acks: Vec<AckWait>,
@@ -112,6 +116,8 @@ pub struct Router {
     retain_limits: RetainLimits,
     /// The cluster's forwarding, if this node is in one.
     forwarder: OnceLock<Arc<dyn Forwarder>>,
+    /// The rule engine: messages entering at this node go through it once.
+    rules: OnceLock<Arc<crate::rules::engine::RuleEngine>>,
 }
 
 impl Router {
@@ -139,6 +145,7 @@ impl Router {
             durable_inflight,
             retain_limits,
             forwarder: OnceLock::new(),
+            rules: OnceLock::new(),
         })
     }
 
@@ -146,6 +153,16 @@ impl Router {
     /// any subscription exists.
     pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
         let _ = self.forwarder.set(f);
+    }
+
+    /// The rule engine, when it runs on this node.
+    pub fn rules(&self) -> Option<&Arc<crate::rules::engine::RuleEngine>> {
+        self.rules.get()
+    }
+
+    /// Connects the router to the rule engine. Called once at start-up.
+    pub fn set_rules(&self, rules: Arc<crate::rules::engine::RuleEngine>) {
+        let _ = self.rules.set(rules);
     }
 
     /// Connects the router to the device actors (for offline sessions without a running
@@ -219,9 +236,14 @@ impl Router {
         if msg.retain {
             routed.retain_refused = !self.retain(&msg, &mut routed.acks);
         }
+        let sys = msg.topic.starts_with("$SYS/");
         // Each node publishes its own `$SYS` tree.
-        if let Some(f) = self.forwarder.get().filter(|_| !msg.topic.starts_with("$SYS/")) {
+        if let Some(f) = self.forwarder.get().filter(|_| !sys) {
             routed.matched += f.forward(&msg, &mut routed.acks);
+        }
+        // Rules run where a message enters, once (forwarded copies skip this).
+        if let Some(r) = self.rules.get().filter(|_| !sys) {
+            r.on_publish(self, &msg, &mut routed);
         }
         Ok(self.route_here(&msg, requester, broker_made, routed))
     }
@@ -235,6 +257,7 @@ impl Router {
         mut routed: Routed,
     ) -> Routed {
         let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
+        routed.found += matches.len();
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
         // subscription identifiers. Few matches (the common case) are deduplicated by a
         // linear scan; a map is built only for large fan-outs.
@@ -395,6 +418,17 @@ impl Router {
         }
     }
 
+    /// Takes back a delivery [`Router::journal`] numbered that no connection took: it
+    /// goes to the offline queue instead.
+    pub fn unjournal(&self, slot: &SessionSlot, d: &mut Delivery) {
+        if let Some(seq) = d.seq.take() {
+            if let Err(e) = self.store.inflight_remove(&slot.client_id, seq) {
+                tracing::error!(message = "in-flight journal remove failed", error = %e);
+                self.metrics.storage_errors.inc();
+            }
+        }
+    }
+
     /// [`Router::deliver`] without the flush wait; true if the in-flight journal was
     /// written and the caller must wait for [`Store::durable`].
     fn deliver_to(&self, slot: &SessionSlot, d: Delivery, acks: &mut Vec<AckWait>) -> bool {
@@ -424,7 +458,15 @@ impl Router {
                             self.metrics.dropped(DropReason::QueueFull);
                             return journaled;
                         }
-                        Offer::Closed(d) => d,
+                        Offer::Closed(mut d) => {
+                            // Not in the node-local journal: the next attach may be on
+                            // another node. The shard's offline queue keeps it.
+                            if journaled {
+                                self.unjournal(slot, &mut d);
+                                journaled = false;
+                            }
+                            d
+                        }
                     }
                 }
                 None => d,

@@ -36,6 +36,9 @@ pub struct LiveState {
     pub inflight: Vec<Inflight>,
     pub pending: Vec<Delivery>,
     pub awaiting_rel: Vec<u16>,
+    /// Stored entries the client completed lately: their removal may still be on its
+    /// way to the actor, which must not deliver them again.
+    pub done: Vec<u64>,
 }
 
 #[derive(Debug, Default)]

@@ -1,5 +1,5 @@
 //! `homeport ctl`: the admin API from the command line. Things, groups, shadows and
-//! jobs here; identity in `identity`, the cluster in `cluster`; readable
+//! jobs here; identity in `identity`, the cluster in `cluster`, rules in `rules`; readable
 //! output by default, the API's JSON with `--json`. Errors name the field or repeat the
 //! API's `{"code", "message"}`.
 
@@ -51,6 +51,9 @@ enum CtlCmd {
     /// Admin API tokens.
     #[command(subcommand)]
     Tokens(super::identity::TokenCmd),
+    /// Rules: SQL over messages, and their actions.
+    #[command(subcommand)]
+    Rules(super::rules::RuleCmd),
     /// The cluster: status, members, shards, init, join, drain, remove, faults.
     #[command(subcommand)]
     Cluster(super::cluster::ClusterCmd),
@@ -639,6 +642,7 @@ pub fn main(a: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Tokens(c) => super::identity::tokens(&a, c)?,
         CtlCmd::Audit { after, limit } => super::identity::audit(&a, *after, *limit)?,
         CtlCmd::Cluster(c) => super::cluster::run(&a, c)?,
+        CtlCmd::Rules(c) => super::rules::run(&a, c)?,
     };
     if a.json {
         println!("{}", pretty(&out));

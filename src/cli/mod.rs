@@ -1,7 +1,7 @@
 //! The command line's own room: argument parsing and output, one file per command
 //! group. `ctl` talks to a node's admin API (`ctl` things, groups, shadows, jobs;
 //! `identity` credentials, policies, certificates, tokens, audit; `cluster` members,
-//! groups, init, join, drain, remove, faults); `bench` is the load generator's front.
+//! groups, init, join, drain, remove, faults; `rules`); `bench` is the load generator's front.
 //! Nothing here touches a node's internals: it speaks HTTP (or, for `ctl certs init`,
 //! writes files).
 
@@ -9,3 +9,4 @@ pub mod bench;
 pub mod cluster;
 pub mod ctl;
 pub mod identity;
+pub mod rules;

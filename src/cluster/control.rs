@@ -468,6 +468,62 @@ impl Cluster {
                 || self.started.elapsed() >= self.stand_after)
     }
 
+    /// Before this node stops (SIGTERM, `Node::leave`): it stops standing for election
+    /// in every group and hands off each group it leads to its most caught-up voter,
+    /// all at once, until none is led here or `within` has passed. Returns how many
+    /// groups it still leads (a group with no other voter, or one whose successor did
+    /// not win in time, is left to the election that follows the stop).
+    pub async fn hand_off_all(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        self.service.leaving.store(true, std::sync::atomic::Ordering::Release);
+        let mut idle_rounds = 0;
+        for g in self.groups.ids() {
+            if let Some(r) = self.groups.raft(g) {
+                r.runtime_config().elect(false);
+            }
+        }
+        loop {
+            let led: Vec<GroupId> =
+                self.groups.ids().filter(|g| self.groups.is_leader(*g)).collect();
+            if led.is_empty() || tokio::time::Instant::now() >= deadline {
+                return led.len();
+            }
+            let steps = led.iter().map(|&g| async move {
+                let raft = self.groups.raft(g)?;
+                let m = raft.metrics().borrow().clone();
+                let voters: BTreeSet<NodeId> =
+                    m.membership_config.membership().voter_ids().collect();
+                let matched = |id: &NodeId| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index)
+                };
+                let to = voters.iter().filter(|v| **v != self.me.id).max_by_key(|v| matched(v))?;
+                if !self.hold_others(g, &voters, *to).await {
+                    return None;
+                }
+                let kind = self.yield_to(g, raft, m.current_term, *to).await;
+                self.metrics.membership_changes.with_label_values(&[kind]).inc();
+                Some(kind)
+            });
+            let done =
+                tokio::time::timeout_at(deadline, futures_util::future::join_all(steps)).await;
+            // No group found a successor (every other voter is stopping too, or none
+            // answers): trying again would only delay the stop.
+            // Two rounds in a row, so that one successor that lagged gets another go.
+            if done.is_ok_and(|d| d.iter().all(|k| *k != Some("leader_handoff"))) {
+                idle_rounds += 1;
+                if idle_rounds >= 2 {
+                    return self.groups.ids().filter(|g| self.groups.is_leader(*g)).count();
+                }
+            } else {
+                idle_rounds = 0;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Hands `group`'s leadership off ([`Groups::yield_leadership`]) and waits until
     /// another node leads it in a later term than `term`, or gives up after
     /// [`YIELD_MS`] and goes on leading. Either way heartbeats resume.

@@ -39,6 +39,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::liveness::{Change, Liveness};
 use super::metrics::ClusterMetrics;
 use super::routes::{LocalRoutes, PeerRoutes, RouteUpdate};
 use super::transport::{Class, Transport};
@@ -55,10 +56,20 @@ const BATCH: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
 /// How often a peer is asked whether it is up to date when nothing changed.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// A copy whose routes were stale is routed again after this (times the attempt)...
+const REROUTE_WAIT: Duration = Duration::from_millis(50);
+/// ...at most this many times (about 0.75 s in all).
+const REROUTE_TRIES: u8 = 5;
 
 struct Copy {
-    msg: WireMessage,
+    /// Shared by the copies for each peer; turned into a [`WireMessage`] when sent.
+    msg: Arc<Message>,
     ack: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// Times it was routed again after stale routes ([`Routing::reroute`]).
+    tries: u8,
+    /// The peers it was forwarded to, when more than the queue's own peer (a
+    /// routed-again copy goes to none of them twice).
+    sent_to: Option<Arc<[NodeId]>>,
 }
 
 /// Routes and forwarding of one node.
@@ -78,12 +89,16 @@ pub struct Routing {
     /// suspect peer does not hold SUBACKs up).
     progress: watch::Sender<HashMap<NodeId, (Option<u64>, bool)>>,
     router: std::sync::OnceLock<Weak<Router>>,
+    /// Which peers answer; declarations go to `on_change` (`super::liveness`).
+    liveness: Mutex<Liveness>,
+    on_change: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
 }
 
 impl Routing {
     pub fn new(
         transport: Arc<Transport>,
         timeout: Duration,
+        down_after: Duration,
         metrics: Arc<ClusterMetrics>,
     ) -> Arc<Routing> {
         Arc::new(Routing {
@@ -98,7 +113,48 @@ impl Routing {
             synced: Mutex::new(HashMap::new()),
             progress: watch::channel(HashMap::new()).0,
             router: std::sync::OnceLock::new(),
+            liveness: Mutex::new(Liveness::new(down_after)),
+            on_change: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What to do when a peer is declared down or up (once; the node's devices).
+    pub fn on_peer_change(&self, f: impl Fn(Change) + Send + Sync + 'static) {
+        let _ = self.on_change.set(Box::new(f));
+    }
+
+    /// Declares the peers that did not answer for the detection time down: their
+    /// routes are purged (a peer that comes back sends them again in full) and the
+    /// node's devices hear of it. Called a few times a second.
+    pub fn check_peers(&self) {
+        let changes = self.liveness.lock().check(std::time::Instant::now());
+        for c in changes {
+            if let Change::Down(p) = c {
+                tracing::warn!(
+                    message = "peer declared down: no answer within cluster.node_down_ms",
+                    peer = p
+                );
+                self.peers.write().purge(p);
+                self.metrics.peer_routes.set(self.peers.read().len() as i64);
+            }
+            self.peer_changed(c);
+        }
+    }
+
+    fn peer_changed(&self, c: Change) {
+        let state = match c {
+            Change::Down(_) => "down",
+            Change::Restarted(_) => "restarted",
+            Change::Up(p) => {
+                tracing::info!(message = "peer answers again", peer = p);
+                "up"
+            }
+        };
+        self.metrics.peer_state_changes.with_label_values(&[state]).inc();
+        self.metrics.peers_down.set(self.liveness.lock().down() as i64);
+        if let Some(f) = self.on_change.get() {
+            f(c);
+        }
     }
 
     /// The router that forwarded messages are routed by here.
@@ -116,6 +172,7 @@ impl Routing {
             }
             let (stop, stopped) = watch::channel(false);
             synced.insert(p, stop);
+            self.liveness.lock().watch(p, std::time::Instant::now());
             // Waited for by SUBACKs from now on, until it confirms or fails a sync.
             self.progress.send_modify(|m| {
                 m.entry(p).or_insert((None, false));
@@ -128,6 +185,7 @@ impl Routing {
                 let _ = stop.send(true);
             }
             self.queues.lock().remove(&p);
+            self.liveness.lock().forget(p);
             self.peers.write().purge(p);
             self.progress.send_modify(|m| {
                 m.remove(&p);
@@ -155,6 +213,10 @@ impl Routing {
             drop(t);
             let wait = match answer {
                 Ok(Answer::Routes(at)) => {
+                    let back = self.liveness.lock().heard(peer, std::time::Instant::now());
+                    if let Some(c) = back {
+                        self.peer_changed(c);
+                    }
                     if !up_to_date {
                         self.metrics.route_updates.with_label_values(&[kind, "ok"]).inc();
                     }
@@ -226,23 +288,42 @@ impl Routing {
 
     /// A peer's route update: where this node now is of the peer's changes.
     pub fn receive_routes(&self, from: NodeId, update: RouteUpdate) -> Option<u64> {
-        let mut peers = self.peers.write();
-        let at = peers.apply(from, update);
-        self.metrics.peer_routes.set(peers.len() as i64);
+        let (at, restarted) = {
+            let mut peers = self.peers.write();
+            let restarted = peers.restarted(from, &update);
+            let at = peers.apply(from, update);
+            self.metrics.peer_routes.set(peers.len() as i64);
+            (at, restarted)
+        };
+        if restarted {
+            tracing::info!(message = "peer restarted (new incarnation)", peer = from);
+            self.peer_changed(Change::Restarted(from));
+        }
         at
     }
 
     /// Messages a peer forwarded: routed here, answered once what they caused is
     /// durable (or the wait for room at slow subscribers ran out of time).
-    pub async fn receive_publish(&self, msgs: Vec<WireMessage>) -> Result<(), WireError> {
+    pub async fn receive_publish(&self, msgs: Vec<WireMessage>) -> Result<Vec<u32>, WireError> {
         let Some(router) = self.router.get().and_then(Weak::upgrade) else {
             return Err(WireError::Unavailable("node is starting or stopping".into()));
         };
         let mut acks = Vec::new();
+        let mut unmatched = Vec::new();
         let n = msgs.len() as u64;
-        for w in msgs {
+        for (i, w) in msgs.into_iter().enumerate() {
             let msg = Arc::new(w.msg.into_message(w.origin.map(Arc::from)));
-            acks.extend(router.publish_forwarded(msg).acks);
+            let routed = router.publish_forwarded(msg);
+            if routed.found == 0 {
+                unmatched.push(i as u32);
+            }
+            acks.extend(routed.acks);
+        }
+        if !unmatched.is_empty() {
+            self.metrics
+                .forwarded_in
+                .with_label_values(&["unmatched"])
+                .inc_by(unmatched.len() as u64);
         }
         drop(router);
         // Durable writes decide the answer; room at a slow subscriber here is flow
@@ -271,7 +352,94 @@ impl Routing {
             .await;
         }
         self.metrics.forwarded_in.with_label_values(&[result]).inc_by(n);
-        answer.map_err(WireError::Unavailable)
+        answer.map(|()| unmatched).map_err(WireError::Unavailable)
+    }
+
+    /// A QoS 1/2 copy that `Copy::sent_to`'s peers all matched nothing with (their
+    /// routes here were stale: the subscriber's session moved, say in a leadership
+    /// hand-off, and the new node's announcement had not arrived). After a short wait
+    /// it is routed again: here, if the session moved here, else to the peers that now
+    /// announce a matching filter and were not sent it yet. The publisher's
+    /// acknowledgement waits; after [`REROUTE_TRIES`] waits with no match anywhere it
+    /// is an error, never a silent loss.
+    fn reroute(
+        self: Arc<Self>,
+        copy: Copy,
+        peer: NodeId,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(self.reroute_once(copy, peer))
+    }
+
+    async fn reroute_once(self: Arc<Self>, mut copy: Copy, peer: NodeId) {
+        let Some(ack) = copy.ack.take() else { return };
+        tokio::time::sleep(REROUTE_WAIT * u32::from(copy.tries)).await;
+        copy.tries += 1;
+        if let Some(router) = self.router.get().and_then(Weak::upgrade) {
+            let routed = router.publish_forwarded(copy.msg.clone());
+            if routed.found > 0 {
+                let within = self.timeout / 2;
+                let mut result = Ok(());
+                for a in routed.acks.into_iter().filter(|a| matches!(a, AckWait::Durable(_))) {
+                    match tokio::time::timeout(within, a.wait()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => result = Err(e),
+                        Err(_) => {
+                            result = Err(StoreError::Unavailable("not stored in time".into()))
+                        }
+                    }
+                }
+                self.metrics.forwarded.with_label_values(&["rerouted"]).inc();
+                let _ = ack.send(result);
+                return;
+            }
+        }
+        let nodes: Vec<NodeId> = self
+            .peers
+            .read()
+            .nodes_for(&copy.msg.topic)
+            .into_iter()
+            .filter(|n| !copy.sent_to.as_deref().unwrap_or(&[peer]).contains(n))
+            .collect();
+        if nodes.is_empty() {
+            if copy.tries > REROUTE_TRIES {
+                self.metrics.forwarded.with_label_values(&["unmatched"]).inc();
+                let e = "the subscribers' routes moved and were not found again";
+                let _ = ack.send(Err(StoreError::Unavailable(e.into())));
+            } else {
+                copy.ack = Some(ack);
+                tokio::spawn(self.reroute(copy, peer));
+            }
+            return;
+        }
+        self.metrics.forwarded.with_label_values(&["rerouted"]).inc();
+        let only = [peer];
+        let before = copy.sent_to.as_deref().unwrap_or(&only);
+        let sent_to: Option<Arc<[NodeId]>> = Some(before.iter().chain(&nodes).copied().collect());
+        let mut waits = Vec::new();
+        let mut result = Ok(());
+        for n in nodes {
+            let (tx, rx) = oneshot::channel();
+            let c = Copy {
+                msg: copy.msg.clone(),
+                ack: Some(tx),
+                tries: copy.tries,
+                sent_to: sent_to.clone(),
+            };
+            if self.queue(n).try_send(c).is_ok() {
+                waits.push(rx);
+            } else {
+                self.metrics.forwarded.with_label_values(&["overflow"]).inc();
+                result = Err(StoreError::Unavailable(format!("node {n}: forward queue full")));
+            }
+        }
+        for w in waits {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(StoreError::Unavailable("forward queue closed".into())),
+            }
+        }
+        let _ = ack.send(result);
     }
 
     fn queue(self: &Arc<Self>, peer: NodeId) -> mpsc::Sender<Copy> {
@@ -283,6 +451,7 @@ impl Routing {
         queues.insert(peer, tx.clone());
         let link = Link {
             transport: self.transport.clone(),
+            routing: Arc::downgrade(self),
             metrics: self.metrics.clone(),
             timeout: self.timeout,
         };
@@ -294,6 +463,8 @@ impl Routing {
 /// What a forward queue's task needs (not the [`Routing`], which holds the queue).
 struct Link {
     transport: Weak<Transport>,
+    /// For copies routed again (weak: the routing holds the queue this task drains).
+    routing: Weak<Routing>,
     metrics: Arc<ClusterMetrics>,
     timeout: Duration,
 }
@@ -302,18 +473,24 @@ impl Link {
     /// Sends `peer`'s queue in batches, one in flight, until the queue is dropped.
     async fn send_batches(self, peer: NodeId, mut rx: mpsc::Receiver<Copy>) {
         while let Some(first) = rx.recv().await {
-            let mut bytes = first.msg.msg.payload.len();
+            let mut bytes = first.msg.payload.len();
             let mut batch = vec![first];
             while batch.len() < BATCH && bytes < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(c) => {
-                        bytes += c.msg.msg.payload.len();
+                        bytes += c.msg.payload.len();
                         batch.push(c);
                     }
                     Err(_) => break,
                 }
             }
-            let (msgs, acks): (Vec<_>, Vec<_>) = batch.into_iter().map(|c| (c.msg, c.ack)).unzip();
+            let msgs: Vec<WireMessage> = batch
+                .iter()
+                .map(|c| WireMessage {
+                    msg: StoredMessage::from(&*c.msg),
+                    origin: c.msg.origin.as_deref().map(str::to_string),
+                })
+                .collect();
             let n = msgs.len() as u64;
             let answer = match self.transport.upgrade() {
                 Some(t) => {
@@ -323,20 +500,35 @@ impl Link {
             };
             // The peer said the messages were not stored: their publishers hear it. A
             // peer that did not answer does not hold them hostage (see the module docs).
-            let (result, outcome) = match answer {
-                Some(Ok(Answer::Published)) => ("ok", Ok(())),
+            let mut unmatched: &[u32] = &[];
+            let (result, outcome) = match &answer {
+                Some(Ok(Answer::Published { unmatched: u })) => {
+                    unmatched = u;
+                    ("ok", Ok(()))
+                }
                 Some(Ok(Answer::Error(e))) => {
                     ("refused", Err(StoreError::Unavailable(format!("node {peer}: {e}"))))
                 }
                 other => {
-                    let other = other.map(|a| a.map(|a| a.error()));
+                    let other = other.as_ref().map(|a| a.as_ref().map(|a| a.error()));
                     tracing::debug!(message = "forwarded messages not confirmed", peer, answer = ?other);
                     ("failed", Ok(()))
                 }
             };
             self.metrics.forwarded.with_label_values(&[result]).inc_by(n);
-            for a in acks.into_iter().flatten() {
-                let _ = a.send(outcome.clone());
+            for (i, mut c) in batch.into_iter().enumerate() {
+                // Nobody there subscribes any more: the peer's routes were stale. A QoS
+                // 1/2 copy is routed again if it was not everywhere it could go.
+                let stale = unmatched.binary_search(&(i as u32)).is_ok();
+                if stale && c.ack.is_some() {
+                    if let Some(r) = self.routing.upgrade() {
+                        tokio::spawn(r.reroute(c, peer));
+                        continue;
+                    }
+                }
+                if let Some(a) = c.ack.take() {
+                    let _ = a.send(outcome.clone());
+                }
             }
         }
     }
@@ -373,17 +565,15 @@ impl Forwarder for Arc<Routing> {
         if nodes.is_empty() {
             return 0;
         }
-        let wire = WireMessage {
-            msg: StoredMessage::from(&**msg),
-            origin: msg.origin.as_deref().map(str::to_string),
-        };
+        let sent_to: Option<Arc<[NodeId]>> =
+            (nodes.len() > 1).then(|| nodes.iter().copied().collect());
         for &node in &nodes {
             let ack = (msg.qos != QoS::AtMostOnce).then(|| {
                 let (tx, rx) = oneshot::channel();
                 acks.push(AckWait::Durable(rx));
                 tx
             });
-            let copy = Copy { msg: wire.clone(), ack };
+            let copy = Copy { msg: msg.clone(), ack, tries: 0, sent_to: sent_to.clone() };
             if let Err(e) = self.queue(node).try_send(copy) {
                 self.metrics.forwarded.with_label_values(&["overflow"]).inc();
                 let copy = match e {

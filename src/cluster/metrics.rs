@@ -47,6 +47,11 @@ pub struct ClusterMetrics {
     pub route_confirms: IntCounterVec,
     /// Filters the peers have announced (over all peers).
     pub peer_routes: prometheus::IntGauge,
+    /// Peers this node declared down (`cluster.node_down_ms` without an answer), and
+    /// back up, by the state entered.
+    pub peer_state_changes: IntCounterVec,
+    /// Peers this node holds down now.
+    pub peers_down: prometheus::IntGauge,
 }
 
 impl ClusterMetrics {
@@ -94,6 +99,19 @@ impl ClusterMetrics {
                 prometheus::IntGauge::new(
                     "homeport_cluster_peer_routes",
                     "Topic filters announced by the peers, over all peers",
+                )
+                .expect("valid metric"),
+            ),
+            peer_state_changes: counter(
+                "homeport_cluster_peer_state_changes_total",
+                "Peers declared down after the detection time without an answer, or up again",
+                &["state"],
+            ),
+            peers_down: reg(
+                r,
+                prometheus::IntGauge::new(
+                    "homeport_cluster_peers_down",
+                    "Peers this node has declared down and not heard from since",
                 )
                 .expect("valid metric"),
             ),

@@ -5,7 +5,8 @@
 //! placement records in the meta group ([`records`]), where voters go ([`placement`]),
 //! the loops that keep membership in step with placement ([`control`]), and publishes
 //! across nodes ([`routes`]: who has which filters; [`forward`]: announcing them and
-//! carrying messages, handed to the broker's router as its `Forwarder`).
+//! carrying messages, handed to the broker's router as its `Forwarder`; [`liveness`]:
+//! which peers are declared down), and leaving before a stop ([`Cluster::hand_off_all`]).
 //! Must not touch: MQTT sessions, shadows or jobs; device calls that cross nodes come in
 //! as [`wire::DeviceCall`] and are run by whatever [`service::DeviceCalls`] the node sets.
 //!
@@ -16,6 +17,7 @@ pub mod certs;
 mod control;
 pub mod faults;
 pub mod forward;
+pub mod liveness;
 mod metrics;
 pub mod placement;
 pub mod raft_net;
@@ -107,8 +109,12 @@ pub fn start_transport(
     for m in &cfg.initial_members {
         t.learn(m.id, &m.addr);
     }
-    let routing =
-        forward::Routing::new(t.clone(), Duration::from_millis(cfg.rpc_timeout_ms), cm.clone());
+    let routing = forward::Routing::new(
+        t.clone(),
+        Duration::from_millis(cfg.rpc_timeout_ms),
+        Duration::from_millis(cfg.node_down_ms),
+        cm.clone(),
+    );
     let service = Arc::new(ClusterService {
         routing: routing.clone(),
         groups: std::sync::OnceLock::new(),
@@ -116,6 +122,7 @@ pub fn start_transport(
         ready: std::sync::OnceLock::new(),
         devices: std::sync::OnceLock::new(),
         holds: Default::default(),
+        leaving: Default::default(),
     });
     t.set_service(service.clone());
     Ok(Parts { transport: t, metrics: cm, service, routing })
@@ -187,6 +194,17 @@ impl crate::device::Remote for DeviceLink {
     fn mqtt_address(&self, node: NodeId) -> Option<String> {
         let meta = self.groups.data(0)?;
         records::read_member(meta, node).ok().flatten().and_then(|m| m.info.mqtt_addr)
+    }
+
+    fn active_peers(&self) -> Vec<u64> {
+        let Some(meta) = self.groups.data(0) else { return Vec::new() };
+        let me = self.groups.node();
+        records::members(meta)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.info.id != me && m.state == MemberState::Active)
+            .map(|m| m.info.id)
+            .collect()
     }
 
     fn call(
@@ -343,6 +361,12 @@ impl Cluster {
             async move { s.reconcile().await }
         });
         let s = c.clone();
+        let check = Duration::from_millis((c.cfg.node_down_ms / 10).clamp(10, 250));
+        control::every(check, shutdown.clone(), move || {
+            let s = s.clone();
+            async move { s.routing.check_peers() }
+        });
+        let s = c.clone();
         control::every(Duration::from_millis(500), shutdown, move || {
             let s = s.clone();
             async move { s.check_meta().await }
@@ -357,6 +381,11 @@ impl Cluster {
 
     pub fn node(&self) -> NodeId {
         self.me.id
+    }
+
+    /// Whether this node is stopping ([`Cluster::hand_off_all`] was called).
+    pub fn is_leaving(&self) -> bool {
+        self.service.leaving.load(Ordering::Acquire)
     }
 
     /// This node's groups.

@@ -168,6 +168,15 @@ impl PeerRoutes {
         }
     }
 
+    /// Whether `update` comes from a new run of `node`: it announces a full set under
+    /// another incarnation than the one this node knows.
+    pub fn restarted(&self, node: u64, update: &RouteUpdate) -> bool {
+        match (update, self.peers.get(&node)) {
+            (RouteUpdate::Full { incarnation, .. }, Some(p)) => p.incarnation != *incarnation,
+            _ => false,
+        }
+    }
+
     /// Forgets `node`'s filters (it was removed from the cluster).
     pub fn purge(&mut self, node: u64) {
         if let Some(p) = self.peers.remove(&node) {
@@ -247,6 +256,9 @@ mod tests {
         let mut again = LocalRoutes::new(9);
         again.add("u");
         assert_eq!(p.apply(2, again.update_for(Some(0))), None);
+        assert!(p.restarted(2, &again.update_for(None)), "a new incarnation's full set");
+        assert!(!p.restarted(2, &l.update_for(None)), "the same run's full set");
+        assert!(!p.restarted(5, &again.update_for(None)), "first contact");
         assert_eq!(p.apply(2, again.update_for(None)), Some(1));
         assert_eq!(p.nodes_for("t/1"), Vec::<u64>::new(), "the full set replaces the old one");
         assert_eq!(p.nodes_for("u"), vec![2]);

@@ -47,11 +47,16 @@ pub struct ClusterService {
     pub devices: OnceLock<Arc<dyn DeviceCalls>>,
     /// Groups this node must not stand for election in, until when (`Request::Hold`).
     pub holds: Arc<parking_lot::Mutex<std::collections::HashMap<GroupId, std::time::Instant>>>,
+    /// This node is stopping (`Cluster::hand_off_all`): it stands for election nowhere.
+    pub leaving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClusterService {
     /// Whether a hold keeps this node from standing in `group` now.
     pub fn held(&self, group: GroupId) -> bool {
+        if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
         let mut h = self.holds.lock();
         match h.get(&group) {
             Some(until) if std::time::Instant::now() < *until => true,
@@ -228,6 +233,11 @@ impl Service for ClusterService {
                 let Some(raft) = groups.raft(group).cloned() else {
                     return async move { Answer::Error(WireError::UnknownGroup(group)) }.boxed();
                 };
+                // A node that is stopping takes no part in a hand-off.
+                if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                    let e = WireError::Unavailable("this node is stopping".into());
+                    return async move { Answer::Error(e) }.boxed();
+                }
                 let until = std::time::Instant::now() + Duration::from_millis(u64::from(millis));
                 self.holds.lock().insert(group, until);
                 raft.runtime_config().elect(false);
@@ -236,6 +246,7 @@ impl Service for ClusterService {
                 // free to stand, or a group of three would wait out the hold.
                 let term = raft.metrics().borrow().current_term;
                 let holds = self.holds.clone();
+                let leaving = self.leaving.clone();
                 let me = groups.node();
                 tokio::spawn(async move {
                     let mut m = raft.metrics();
@@ -258,7 +269,8 @@ impl Service for ClusterService {
                         let voter =
                             m.borrow().membership_config.membership().voter_ids().any(|v| v == me);
                         // The reconciler sets the rest (placement) at its next tick.
-                        raft.runtime_config().elect(voter);
+                        let leaving = leaving.load(std::sync::atomic::Ordering::Acquire);
+                        raft.runtime_config().elect(voter && !leaving);
                     }
                 });
                 async { Answer::Held }.boxed()
@@ -267,6 +279,10 @@ impl Service for ClusterService {
                 let Some(raft) = groups.raft(group).cloned() else {
                     return async move { Answer::Error(WireError::UnknownGroup(group)) }.boxed();
                 };
+                if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                    let e = WireError::Unavailable("this node is stopping".into());
+                    return async move { Answer::Error(e) }.boxed();
+                }
                 self.holds.lock().remove(&group);
                 raft.runtime_config().elect(true);
                 async move {
@@ -285,7 +301,7 @@ impl Service for ClusterService {
                 let routing = self.routing.clone();
                 async move {
                     match routing.receive_publish(msgs).await {
-                        Ok(()) => Answer::Published,
+                        Ok(unmatched) => Answer::Published { unmatched },
                         Err(e) => Answer::Error(e),
                     }
                 }

@@ -17,7 +17,7 @@ use crate::raft::{Command, GroupId, Response as Applied, TypeConfig};
 use crate::session::{SessionRecord, StoredWill};
 
 /// Version of every frame's encoding. A node refuses a peer whose hello carries another.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest frame accepted (a Raft append with its entries, a snapshot chunk).
 pub const MAX_FRAME: usize = 256 << 20;
@@ -205,6 +205,7 @@ pub struct WireLive {
     pub inflight: Vec<WireInflight>,
     pub pending: Vec<WireDelivery>,
     pub awaiting_rel: Vec<u16>,
+    pub done: Vec<u64>,
 }
 
 /// What the node running a session's device actor tells the node holding its
@@ -401,7 +402,11 @@ pub enum Answer {
     Conn(ConnAnswer),
     /// The change of the caller's routes this node is at now; None: send the full set.
     Routes(Option<u64>),
-    Published,
+    /// A forwarded batch was routed; `unmatched`: positions of the messages no
+    /// subscription here matched (the caller's route was stale: the subscriber moved).
+    Published {
+        unmatched: Vec<u32>,
+    },
     Error(WireError),
 }
 

@@ -108,6 +108,17 @@ pub struct ClusterConfig {
     /// leader are redirected; their wills wait this much longer than their delay, so a
     /// device that reconnects in time sends none.
     pub session_grace_ms: u64,
+    /// A peer that has not answered for this long is declared down: the sessions of
+    /// its connections served here detach as lost (wills fire, clean sessions end,
+    /// persistent ones go offline), connections here served by its device actors
+    /// close, and its routes are dropped until it answers again. More than
+    /// `rpc_timeout_ms` (peers are asked every second, and one slow answer must not
+    /// count as a death).
+    pub node_down_ms: u64,
+    /// At SIGTERM a cluster node first hands its groups' leaderships off (at most half
+    /// of this) and sends its clients to other nodes (DISCONNECT 0x9C with a Server
+    /// Reference), waiting at most this long in all before it stops.
+    pub leave_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -128,6 +139,8 @@ impl Default for ClusterConfig {
             write_timeout_ms: 5000,
             placement_interval_ms: 1000,
             session_grace_ms: 5000,
+            node_down_ms: 5000,
+            leave_timeout_ms: 20_000,
         }
     }
 }
@@ -178,6 +191,12 @@ impl ClusterConfig {
         }
         if self.write_timeout_ms < 10 {
             return Err(invalid("cluster.write_timeout_ms", "must be at least 10"));
+        }
+        if self.node_down_ms <= self.rpc_timeout_ms {
+            return Err(invalid(
+                "cluster.node_down_ms",
+                format!("must be more than cluster.rpc_timeout_ms ({})", self.rpc_timeout_ms),
+            ));
         }
         if self.placement_interval_ms < 10 {
             return Err(invalid("cluster.placement_interval_ms", "must be at least 10"));

@@ -45,6 +45,22 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub provisioning: ProvisioningConfig,
     pub cluster: ClusterConfig,
+    pub rules: RulesConfig,
+}
+
+/// The rule engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Off: no rule runs on this node (rules can still be written and listed). For
+    /// measuring the engine's cost; on by default.
+    pub enabled: bool,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,6 +49,8 @@ pub const DETACH_WAIT: Duration = Duration::from_secs(3);
 /// How long a connection waits for its old actor's eviction after its shard's leader
 /// changed, before it re-attaches on its own (`Devices::rehome`).
 pub const REHOME_AFTER: Duration = Duration::from_secs(1);
+/// How long a stopping node's pump waits for its actor to evict the session.
+const EVICT_WAIT: Duration = Duration::from_secs(1);
 /// Attempts of one batch before the connection's node counts as unreachable.
 const ATTEMPTS: u32 = 3;
 /// How long the connection's node waits for its connection to hand over a session.
@@ -73,6 +75,8 @@ pub(super) struct Proxy {
     queue: Arc<ConnQueue>,
     /// Set by the connection's detach; the pump finishes it.
     detach: Mutex<Option<Detached>>,
+    /// The connection's node was declared down: the pump ends the session as lost.
+    node_down: std::sync::atomic::AtomicBool,
 }
 
 struct Detached {
@@ -117,6 +121,7 @@ impl Devices {
         let conn = req.conn.id;
         let (tx, mut rx) = mpsc::unbounded_channel::<DeviceCall>();
         let sender = remote.clone();
+        let detaching = self.detaching.clone();
         tokio::spawn(async move {
             while let Some(call) = rx.recv().await {
                 let detach = matches!(call, DeviceCall::Detach { .. });
@@ -124,6 +129,7 @@ impl Devices {
                     tracing::debug!(message = "device call to the actor's node failed", node, error = %e);
                 }
                 if detach {
+                    detaching.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
             }
@@ -165,8 +171,9 @@ impl Devices {
             }
             other => {
                 tracing::debug!(message = "remote attach failed", client, node, answer = ?other);
-                // The actor may have attached before the answer was lost: detach there.
-                req.conn.close();
+                // The actor may have attached before the answer was lost: detach there
+                // (its pump finds no connection here from now on). The queue stays
+                // open: a connection re-attaching tries again with it.
                 self.detach(&slot, conn, LiveState::default(), false, None);
                 Err(DeviceError::Unavailable)
             }
@@ -253,7 +260,10 @@ impl Devices {
             will,
             expiry_secs,
         };
-        let _ = rc.casts.send(call);
+        self.detaching.fetch_add(1, Ordering::AcqRel);
+        if rc.casts.send(call).is_err() {
+            self.detaching.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The connection no longer routes through this node's slot of its client.
@@ -299,6 +309,60 @@ impl Devices {
                 rc.queue.order(Control::Redirect { server, record: None });
             }
         }
+    }
+
+    /// `node` was declared down (`cluster.node_down_ms` without an answer). Sessions of
+    /// its connections served here detach as lost connections: wills fire (after their
+    /// delay), clean sessions end, persistent ones go offline and queue. Connections
+    /// here served by its actors are redirected: a persistent session re-attaches if
+    /// its shard has a reachable leader, otherwise the client gets DISCONNECT 0x9C and
+    /// reconnects (on the other side of a partition, its actor's node does the same
+    /// with its session). Returns how many of each there were.
+    pub fn node_down(&self, node: u64) -> (usize, usize) {
+        let mut lost = 0;
+        for p in self.proxies.iter().filter(|p| p.key().0 == node) {
+            p.node_down.store(true, Ordering::Release);
+            p.queue.nudge();
+            lost += 1;
+        }
+        let cut = self.redirect_attached_to(node);
+        if lost + cut > 0 {
+            tracing::warn!(message = "node down: its connections' sessions here detach, connections to its actors close", node, sessions = lost, connections = cut);
+        }
+        (lost, cut)
+    }
+
+    /// Connections here attached to `node`'s actors let go of them: each re-attaches to
+    /// its shard's leader, or closes with DISCONNECT 0x9C. How many there were.
+    fn redirect_attached_to(&self, node: u64) -> usize {
+        let cut: Vec<u64> =
+            self.remote_conns.iter().filter(|r| r.node == node).map(|r| *r.key()).collect();
+        for conn in &cut {
+            if let Some((_, rc)) = self.remote_conns.remove(conn) {
+                self.forget_remote_route(&rc);
+                rc.queue.order(Control::Redirect { server: None, record: None });
+            }
+        }
+        cut.len()
+    }
+
+    /// `node` restarted: the device actors its previous run served connections here
+    /// with are gone (a node that stops while it still leads a shard, or a crash and a
+    /// restart quicker than an election, leaves the shard's leader unchanged, so
+    /// [`Devices::rehome`] does not see it). Those connections re-attach to their
+    /// shards' leaders, or get DISCONNECT 0x9C. Sessions of its old connections served
+    /// here end on their own: their pumps find the connections gone. Returns how many
+    /// connections were re-pointed.
+    pub fn node_restarted(&self, node: u64) -> usize {
+        let cut = self.redirect_attached_to(node);
+        if cut > 0 {
+            tracing::info!(
+                message = "peer restarted: connections attached to its old actors re-attach",
+                node,
+                connections = cut
+            );
+        }
+        cut
     }
 
     /// A call from the actor's node for a connection here.
@@ -370,8 +434,17 @@ impl Devices {
         if !self.leads(&client) {
             return Err(unavailable("this node does not lead the client's shard"));
         }
+        // Its actors are about to stop (a connection let go of one here re-attaches to
+        // the shard's next leader).
+        if self.stopping() {
+            return Err(unavailable("this node is stopping"));
+        }
         let queue = Arc::new(ConnQueue::new(next_conn_id(), queue_limit));
-        let proxy = Arc::new(Proxy { queue: queue.clone(), detach: Mutex::new(None) });
+        let proxy = Arc::new(Proxy {
+            queue: queue.clone(),
+            detach: Mutex::new(None),
+            node_down: Default::default(),
+        });
         self.proxies.insert((from, conn), proxy.clone());
         let resume = resume.map(|r| Box::new(resume_from_wire(*r)));
         let will = will.map(|w| *w);
@@ -519,19 +592,52 @@ enum Sent {
 impl Pump {
     async fn run(mut self) {
         let mut gone_at: Option<Instant> = None;
+        let mut evicting: Option<Instant> = None;
         loop {
-            let wait = if gone_at.is_some() { DETACH_WAIT / 4 } else { PROBE_EVERY };
+            let wait = match (gone_at, evicting) {
+                (_, Some(_)) => EVICT_WAIT / 4,
+                (Some(_), None) => DETACH_WAIT / 4,
+                (None, None) => PROBE_EVERY,
+            };
             let woke = tokio::time::timeout(wait, self.proxy.queue.ready()).await.is_ok();
             // The node is stopping: the connection re-attaches to the shard's next leader
             // (no will: the session goes on there), and the pump lets go of the transport.
+            // It is told so at once: a node that stops while it still leads the shard (its
+            // hand-off failed) may lead it again after its restart, and a leader that
+            // does not change is no sign of a lost actor. The actor evicts the session,
+            // as on a lost leadership, so a clean session's state goes with the order
+            // (the Redirect below); without an actor, or one that does not answer in
+            // time, the pump tells the connection itself.
             if self.devices.upgrade().is_none_or(|d| d.stopping()) {
-                self.proxy.queue.close();
-                self.forget();
-                return;
+                let asked = match evicting {
+                    None => {
+                        evicting = Some(Instant::now());
+                        self.slot
+                            .actor()
+                            .is_some_and(|a| a.cast(DeviceMsg::Evict { server: None }).is_ok())
+                    }
+                    Some(at) => at.elapsed() < EVICT_WAIT,
+                };
+                if !asked {
+                    // A clean session without an actor has its state parked in the slot.
+                    let record = (!self.slot.route().persistent)
+                        .then(|| Box::new(self.slot.parked().unwrap_or_default()));
+                    let (items, _) = self.proxy.queue.take();
+                    return self.redirect(items.into(), None, record).await;
+                }
             }
             let detached = self.proxy.detach.lock().take();
             if let Some(d) = detached {
                 return self.finish(d);
+            }
+            if self.proxy.node_down.load(Ordering::Acquire) {
+                let (items, control) = self.proxy.queue.take();
+                self.bounced.extend(items);
+                // A newer connection elsewhere takes the session: no will.
+                if let Some(Control::TakeOver { reply }) = control {
+                    return self.hand_over(reply, LiveState::default());
+                }
+                return self.lost();
             }
             let (items, control) = self.proxy.queue.take();
             let mut items: Vec<Delivery> = items.into();
@@ -558,14 +664,7 @@ impl Pump {
                     return self.hand_over(reply, live);
                 }
                 Some(Control::Redirect { server, record }) => {
-                    // Delivered first: a connection that re-attaches keeps them.
-                    if !items.is_empty() {
-                        self.send(&mut items).await;
-                    }
-                    self.order(WireOrder::Redirect { server, record }).await;
-                    self.proxy.queue.close();
-                    self.forget();
-                    return;
+                    return self.redirect(items, server, record).await;
                 }
                 Some(Control::Kick(code)) => {
                     self.bounced.append(&mut items);
@@ -621,6 +720,23 @@ impl Pump {
         Sent::Unreachable
     }
 
+    /// The connection lets go of this actor: `items` are delivered first (a connection
+    /// that re-attaches keeps them), then it is told to re-attach (or close, naming
+    /// `server`), and the pump ends.
+    async fn redirect(
+        mut self,
+        mut items: Vec<Delivery>,
+        server: Option<String>,
+        record: Option<Box<crate::session::SessionRecord>>,
+    ) {
+        if !items.is_empty() {
+            self.send(&mut items).await;
+        }
+        self.order(WireOrder::Redirect { server, record }).await;
+        self.proxy.queue.close();
+        self.forget();
+    }
+
     async fn order(&self, order: WireOrder) -> Option<ConnAnswer> {
         let call = ConnCall::Order { conn: self.conn, order };
         match self.remote.conn_call(self.node, call).await {
@@ -659,7 +775,7 @@ impl Pump {
     /// The connection is gone without a detach, or its node cannot be reached: the
     /// session detaches as after a lost connection (its will fires).
     fn lost(mut self) {
-        tracing::info!(message = "remote connection lost", client = %self.slot.client_id, node = self.node);
+        tracing::debug!(message = "remote connection lost", client = %self.slot.client_id, node = self.node);
         let mut live =
             LiveState { pending: std::mem::take(&mut self.bounced), ..Default::default() };
         live.pending.extend(self.proxy.queue.close());

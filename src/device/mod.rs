@@ -153,6 +153,11 @@ pub enum DeviceMsg {
     Evict {
         server: Option<String>,
     },
+    /// Timer after an attach: offline-queue entries that landed since the attach read
+    /// the queue go to connection `conn_id` ([`DeviceCtx::late_writes_ms`]).
+    Rescan {
+        conn_id: u64,
+    },
 }
 
 /// A place in a thing's bounded line of device-API requests (shadow, jobs). It is given
@@ -229,6 +234,10 @@ pub struct DeviceCtx {
     /// Extra wait before the will of a session that was connected to another node fires
     /// when its shard moves here (0 on a single node).
     pub session_grace_ms: u64,
+    /// In a cluster, how long a write the shard's previous leader submitted may still
+    /// land (`cluster.write_timeout_ms`; 0 on a single node): a persistent session
+    /// attached here looks at its offline queue again within it.
+    pub late_writes_ms: u64,
 }
 
 /// Where a device's actor runs, as this node sees it.
@@ -246,6 +255,12 @@ pub struct Devices {
     slots: DashMap<Arc<str>, Arc<SessionSlot>>,
     /// The node is shutting down (`wake_connections`): pumps of proxied sessions end.
     stopping: std::sync::atomic::AtomicBool,
+    /// The node is leaving (drain, SIGTERM in a cluster): connections here are sent to
+    /// other nodes and new ones are refused with a Server Reference.
+    leaving: std::sync::atomic::AtomicBool,
+    /// Detaches of connections here sent to their actors' nodes and not yet answered
+    /// (a leaving node waits for them: they carry what the connection still held).
+    detaching: Arc<std::sync::atomic::AtomicUsize>,
     /// One per shard group, in shard order (shard 1 first).
     supervisors: OnceLock<Vec<ActorRef<SupervisorMsg>>>,
     /// Set in a cluster: who leads each shard, and how to reach the others.
@@ -361,6 +376,73 @@ impl Devices {
                 q.nudge();
             }
         }
+        for rc in self.remote_conns.iter() {
+            rc.queue.nudge();
+        }
+    }
+
+    /// Starts or ends leaving (`Node::leave`, a drained member): v5 clients connected
+    /// here get DISCONNECT 0x9C (Use another server) with a live node's address as
+    /// Server Reference, 3.1.1 clients are closed; CONNECTs are refused the same way
+    /// (CONNACK 0x9C, 3.1.1 return code 3) until it ends.
+    pub fn set_leaving(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        if self.leaving.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        tracing::info!(
+            message = if on {
+                "leaving: sending clients to other nodes"
+            } else {
+                "accepting clients again"
+            }
+        );
+        if on {
+            self.nudge_all();
+        }
+    }
+
+    /// Wakes every connection on this node (they look at the node's state again).
+    pub fn nudge_all(&self) {
+        for slot in self.slots.iter() {
+            if let Some(q) = &slot.route().conn {
+                q.nudge();
+            }
+        }
+        // Connections served by actors elsewhere (re-attached ones are not in their
+        // slot's route here).
+        for rc in self.remote_conns.iter() {
+            rc.queue.nudge();
+        }
+    }
+
+    /// Detaches on their way to other nodes' actors.
+    pub fn detaching(&self) -> usize {
+        self.detaching.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The MQTT address of a node that can serve `client` instead of this one: its
+    /// shard's leader if that is another node, else an active member picked by the
+    /// client id (clients spread over them), else the leader of any group that is not
+    /// this node (`None` on a single node, or if none is known).
+    pub fn elsewhere(&self, client: &str) -> Option<String> {
+        let (groups, remote) = (self.groups.get()?, self.remote.get()?);
+        let me = groups.node();
+        let shard_leader = groups.leader(groups.shard_of(client)).filter(|l| *l != me);
+        let mut active = remote.active_peers();
+        if !active.is_empty() {
+            let k = groups.shard_of(client) as usize % active.len();
+            active.rotate_left(k);
+        }
+        shard_leader
+            .into_iter()
+            .chain(active)
+            .chain(groups.ids().filter_map(|g| groups.leader(g)).filter(|l| *l != me))
+            .find_map(|n| self.mqtt_address(n))
     }
 
     /// Whether the node is shutting down.

@@ -26,6 +26,8 @@ use crate::shadow::Reply;
 pub trait Remote: Send + Sync + 'static {
     /// The MQTT address (`host:port`) clients dial to reach `node`, if it has one.
     fn mqtt_address(&self, node: u64) -> Option<String>;
+    /// The active members other than this node (not draining, joining or removed).
+    fn active_peers(&self) -> Vec<u64>;
     /// Runs `call` on `node`'s device actor and returns what it came to.
     fn call(&self, node: u64, call: DeviceCall)
         -> BoxFuture<'static, Result<DeviceAnswer, String>>;

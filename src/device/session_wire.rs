@@ -53,6 +53,7 @@ pub(super) fn live_to_wire(l: &LiveState) -> WireLive {
         inflight: l.inflight.iter().map(inflight_to_wire).collect(),
         pending: l.pending.iter().map(delivery_to_wire).collect(),
         awaiting_rel: l.awaiting_rel.clone(),
+        done: l.done.clone(),
     }
 }
 
@@ -61,6 +62,7 @@ pub(super) fn live_from_wire(w: WireLive) -> LiveState {
         inflight: w.inflight.into_iter().map(inflight_from_wire).collect(),
         pending: w.pending.into_iter().map(delivery_from_wire).collect(),
         awaiting_rel: w.awaiting_rel,
+        done: w.done,
     }
 }
 
@@ -142,6 +144,7 @@ mod tests {
             }],
             pending: vec![delivery(Some(8), false), delivery(None, true)],
             awaiting_rel: vec![5, 6],
+            done: vec![3],
         };
         let wire = live_to_wire(&live);
         let bytes = crate::cluster::wire::encode(&wire);

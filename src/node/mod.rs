@@ -85,6 +85,32 @@ pub struct Node {
     ready: Arc<AtomicBool>,
 }
 
+/// A member drained by the operator (`ctl cluster drain`) sends its clients to other
+/// nodes once its groups' leaders have moved off it, and takes clients again when it is
+/// undrained. A node leaving at SIGTERM (`Node::leave`) does so itself.
+fn watch_drain(c: Arc<Cluster>, devices: Arc<Devices>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let me = c.node();
+            let drained = c
+                .members()
+                .iter()
+                .any(|m| m.info.id == me && m.state == cluster::records::MemberState::Draining);
+            // A node stopping sends its clients away itself, once its leaders moved.
+            if c.is_leaving() {
+                continue;
+            }
+            let leads = c.groups().ids().any(|g| c.groups().is_leader(g));
+            devices.set_leaving(drained && !leads);
+        }
+    });
+}
+
 impl Node {
     /// Starts a node from a validated config.
     pub async fn start(cfg: Config) -> Result<Node, NodeError> {
@@ -181,6 +207,7 @@ impl Node {
             devices: devices.clone(),
             groups: groups.clone(),
             session_grace_ms: if cfg.cluster.enabled() { cfg.cluster.session_grace_ms } else { 0 },
+            late_writes_ms: if cfg.cluster.enabled() { cfg.cluster.write_timeout_ms } else { 0 },
         };
         if let Some(parts) = &transport {
             let link = cluster::DeviceLink {
@@ -191,6 +218,19 @@ impl Node {
                 session_timeout: Duration::from_millis(cfg.cluster.write_timeout_ms + 5_000),
             };
             devices.set_cluster(groups.clone(), Arc::new(link), &router);
+            let d = Arc::downgrade(&devices);
+            parts.routing.on_peer_change(move |c| {
+                let Some(d) = d.upgrade() else { return };
+                match c {
+                    cluster::liveness::Change::Down(node) => {
+                        d.node_down(node);
+                    }
+                    cluster::liveness::Change::Restarted(node) => {
+                        d.node_restarted(node);
+                    }
+                    cluster::liveness::Change::Up(_) => {}
+                }
+            });
         }
         let mut supervisors = Vec::with_capacity(groups.shards() as usize);
         for shard in 1..=groups.shards() {
@@ -206,6 +246,20 @@ impl Node {
         router.set_devices(devices.clone());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let node_name = if cfg.node.name.is_empty() {
+            format!("homeport-{}", cfg.node.id)
+        } else {
+            cfg.node.name.clone()
+        };
+        let rules = crate::rules::engine::RuleEngine::new(
+            crate::rules::store::RuleStore::new(groups.clone()),
+            metrics.registry(),
+            node_name,
+        );
+        if cfg.rules.enabled {
+            rules.spawn_reloader(shutdown_rx.clone());
+            router.set_rules(rules.clone());
+        }
         let ready = Arc::new(AtomicBool::new(false));
         // Set once the cluster side runs (after the listeners, whose addresses it needs).
         let cluster_ready: Arc<std::sync::OnceLock<Arc<Cluster>>> = Default::default();
@@ -223,6 +277,7 @@ impl Node {
                         require_token: cfg.admin.require_token,
                         shadow_pending_limit: cfg.shadow.max_pending_per_thing,
                         cluster: cluster_ready.clone(),
+                        rules: rules.clone(),
                     },
                     shutdown_rx.clone(),
                 )
@@ -277,6 +332,7 @@ impl Node {
                 devices.clone(),
                 shutdown_rx.clone(),
             );
+            watch_drain(c.clone(), devices.clone(), shutdown_rx.clone());
         }
         scheduler::spawn(
             jobs,
@@ -322,13 +378,79 @@ impl Node {
         })
     }
 
+    /// Leaves the cluster's service before a stop (SIGTERM in a cluster): `/readyz`
+    /// turns false, every group's leadership is handed to another voter (writes pause
+    /// per group for about one hand-off, not an election timeout after the stop), then
+    /// clients are sent to other nodes (DISCONNECT 0x9C with a Server Reference; 3.1.1
+    /// clients closed; CONNECTs refused likewise), and their connections get `within`
+    /// at most to close. A single node has nothing to leave to: this returns at once.
+    /// Returns the connections still open at the end.
+    pub async fn leave(&self, within: Duration) -> i64 {
+        let Some(c) = &self.cluster else { return self.open_connections() };
+        let deadline = tokio::time::Instant::now() + within;
+        self.ready.store(false, Ordering::Release);
+        let still_led = c.hand_off_all(within / 2).await;
+        if still_led > 0 {
+            tracing::warn!(
+                message = "stopping while leading groups (no voter took them in time)",
+                groups = still_led
+            );
+        }
+        self.devices.set_leaving(true);
+        let mut nudged = tokio::time::Instant::now();
+        loop {
+            // Connections that were between states at the first wake (attaching,
+            // re-attaching) are woken again.
+            if nudged.elapsed() >= Duration::from_millis(500) {
+                self.devices.nudge_all();
+                nudged = tokio::time::Instant::now();
+            }
+            let open = self.open_connections();
+            // What the closed connections held goes to their actors' nodes first.
+            let settled = open == 0 && self.devices.detaching() == 0;
+            if settled || tokio::time::Instant::now() >= deadline {
+                tracing::info!(
+                    message = "left the cluster's service",
+                    groups_led = still_led,
+                    connections_open = open
+                );
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Client connections open on every listener (before CONNECT included).
+    fn open_connections(&self) -> i64 {
+        use prometheus::core::Collector;
+        self.metrics
+            .connections
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
+
     /// Stops the node in order and flushes storage.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, u128)> = Vec::new();
+        let mark =
+            |steps: &mut Vec<(&str, u128)>, what| steps.push((what, t0.elapsed().as_millis()));
         self.ready.store(false, Ordering::Release);
         let _ = self.shutdown.send(true);
         self.devices.wake_connections();
         // Every connection task holds a sender; all gone means all detached.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.conns_done.recv()).await;
+        // Detaches sent to other nodes' actors carry what the connections held.
+        let detached = async {
+            while self.devices.detaching() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), detached).await;
+        mark(&mut steps, "connections");
         let drains = self
             .supervisors
             .iter()
@@ -337,9 +459,12 @@ impl Node {
         let stops =
             self.supervisors.iter().map(|s| s.stop_and_wait(None, Some(Duration::from_secs(5))));
         futures_util::future::join_all(stops).await;
+        mark(&mut steps, "actors");
         // Writes the actors submitted without waiting (records saved at detach) first.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.groups.settle_all()).await;
+        mark(&mut steps, "settled");
         self.groups.shutdown().await;
+        mark(&mut steps, "groups");
         if let Some(c) = &self.cluster {
             c.transport.shutdown();
         }
@@ -349,8 +474,10 @@ impl Node {
         let log_closed = self.raft_log.released();
         let transport = self.cluster.as_ref().map(|c| c.transport.clone());
         drop(self);
+        mark(&mut steps, "flushed");
         if let Some(t) = transport {
             t.released(Duration::from_secs(5)).await;
+            mark(&mut steps, "transport");
         }
         // Every component holding the store has stopped; wait for sled to release the
         // data directory so it can be reopened at once (restarts, in-process tests).
@@ -361,7 +488,9 @@ impl Node {
         if tokio::time::timeout(Duration::from_secs(5), both).await.is_err() {
             tracing::warn!(message = "storage still held after shutdown");
         }
-        tracing::info!(message = "node stopped");
+        mark(&mut steps, "storage");
+        // Milliseconds since the stop began at the end of each step.
+        tracing::info!(message = "node stopped", steps = ?steps);
         Ok(())
     }
 }

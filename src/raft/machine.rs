@@ -212,6 +212,20 @@ pub const THING_PREFIX: &[u8] = b"dthing\0";
 /// Prefix of every thing group (meta group).
 pub const GROUP_PREFIX: &[u8] = b"dgroup\0";
 
+/// Prefix of every rule definition (meta group).
+pub const RULE_PREFIX: &[u8] = b"drule\0";
+
+pub fn rule_key(name: &str) -> Vec<u8> {
+    key(&["drule", name])
+}
+
+pub fn read_rule(
+    kv: &impl Kv,
+    name: &str,
+) -> Result<Option<crate::rules::store::RuleDef>, StoreError> {
+    kv.get(&rule_key(name))?.map(|v| decode(&v)).transpose()
+}
+
 pub fn thing_key(name: &str) -> Vec<u8> {
     key(&["dthing", name])
 }
@@ -271,6 +285,15 @@ pub fn touches_access(cmd: &Command) -> bool {
     }
 }
 
+/// Whether applying `cmd` may change a rule definition.
+pub fn touches_rules(cmd: &Command) -> bool {
+    match cmd {
+        Command::PutRule { .. } => true,
+        Command::Batch(cmds) => cmds.iter().any(touches_rules),
+        _ => false,
+    }
+}
+
 /// Applies one command: the writes to make and the answer for the proposer.
 pub fn apply(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), StoreError> {
     match cmd {
@@ -302,6 +325,13 @@ fn apply_one(kv: &impl Kv, cmd: &Command) -> Result<(Vec<Write>, Response), Stor
                 return Ok((Vec::new(), Response::Conflict { found }));
             }
             Ok((vec![(shadow_key(thing, name), Some(encode(value)?))], Response::Applied))
+        }
+        Command::PutRule { name, expect, value } => {
+            let found = read_rule(kv, name)?.map(|r| r.version);
+            if found != *expect {
+                return Ok((Vec::new(), Response::Conflict { found }));
+            }
+            Ok((vec![(rule_key(name), value.as_ref().map(encode).transpose()?)], Response::Applied))
         }
         Command::PutJob { expect, value, targets } => {
             let found = read_job(kv, &value.job_id)?.map(|j| j.version);

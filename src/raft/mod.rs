@@ -120,6 +120,8 @@ struct Group {
     done: watch::Receiver<u64>,
     /// See [`StateMachine::access_epoch`].
     access_epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// See [`StateMachine::rules_epoch`].
+    rules_epoch: Arc<std::sync::atomic::AtomicU64>,
     /// This node leads the group and is handing its leadership off
     /// ([`Groups::yield_leadership`]): no writes, no linearizable reads, no heartbeats.
     yielding: Arc<std::sync::atomic::AtomicBool>,
@@ -312,6 +314,7 @@ impl Groups {
             let sm = StateMachine::open(store, g)?;
             let data = sm.tree();
             let access_epoch = sm.access_epoch();
+            let rules_epoch = sm.rules_epoch();
             let raft = Raft::new(opts.node, config(g)?, network(g), log_store, sm)
                 .await
                 .map_err(|e| err(e.to_string()))?;
@@ -355,6 +358,7 @@ impl Groups {
                 proposals: parking_lot::Mutex::new((0, proposals)),
                 done,
                 access_epoch,
+                rules_epoch,
                 yielding,
             });
         }
@@ -399,6 +403,11 @@ impl Groups {
     /// policies or the registry (on any node: it counts applies, not writers).
     pub fn access_epoch(&self) -> u64 {
         self.groups[0].access_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Moves whenever the meta group applies a change to rule definitions.
+    pub fn rules_epoch(&self) -> u64 {
+        self.groups[0].rules_epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Shard groups (not counting the meta group).

@@ -63,6 +63,9 @@ pub struct StateMachine {
     /// Counts applied changes that bear on access decisions (see
     /// [`machine::touches_access`]); connections recompile their policies when it moves.
     access_epoch: Arc<AtomicU64>,
+    /// Counts applied changes to rule definitions; each node's rule engine recompiles
+    /// when it moves.
+    rules_epoch: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -73,6 +76,7 @@ impl StateMachine {
             tree,
             snapshots: Arc::new(AtomicU64::new(0)),
             access_epoch: Arc::new(AtomicU64::new(0)),
+            rules_epoch: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -80,6 +84,11 @@ impl StateMachine {
     /// registry.
     pub fn access_epoch(&self) -> Arc<AtomicU64> {
         self.access_epoch.clone()
+    }
+
+    /// The counter of applied changes to rule definitions.
+    pub fn rules_epoch(&self) -> Arc<AtomicU64> {
+        self.rules_epoch.clone()
     }
 
     /// The data tree, for reads that do not go through Raft (a device actor reading its
@@ -124,6 +133,9 @@ impl StateMachine {
         self.tree.apply_batch(batch)?;
         if matches!(&entry.payload, EntryPayload::Normal(cmd) if machine::touches_access(cmd)) {
             self.access_epoch.fetch_add(1, Ordering::Release);
+        }
+        if matches!(&entry.payload, EntryPayload::Normal(cmd) if machine::touches_rules(cmd)) {
+            self.rules_epoch.fetch_add(1, Ordering::Release);
         }
         Ok(resp)
     }
@@ -199,6 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree.apply_batch(batch).map_err(sm_write)?;
         self.tree.flush_async().await.map_err(sm_write)?;
         self.access_epoch.fetch_add(1, Ordering::Release);
+        self.rules_epoch.fetch_add(1, Ordering::Release);
         Ok(())
     }
 

@@ -87,6 +87,9 @@ pub enum Command {
     /// Many proposers' commands in one log entry (one append, one flush), applied in
     /// order; each sees the writes of those before it.
     Batch(Vec<Command>),
+    /// Writes (`Some`) or deletes a rule definition if its stored version is still
+    /// `expect`. Meta group. (After `Batch`: variants keep their wire numbers.)
+    PutRule { name: String, expect: Option<u64>, value: Option<crate::rules::store::RuleDef> },
 }
 
 /// What applying a command produced.

@@ -27,10 +27,14 @@ pub enum DropReason {
     NoSubscribers,
     /// Storage refused the write.
     StorageError,
+    /// The session's shard moved to another node while the message was on its way to
+    /// the session's actor here: refused, and the publisher's PUBACK/PUBREC says so
+    /// (QoS 1/2), so it may send it again.
+    SessionMoved,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 8] = [
+    const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::OfflineQueueDropOldest,
         DropReason::OfflineQueueRejectNew,
@@ -39,6 +43,7 @@ impl DropReason {
         DropReason::TooLargeForClient,
         DropReason::NoSubscribers,
         DropReason::StorageError,
+        DropReason::SessionMoved,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +56,7 @@ impl DropReason {
             DropReason::TooLargeForClient => "too_large_for_client",
             DropReason::NoSubscribers => "no_subscribers",
             DropReason::StorageError => "storage_error",
+            DropReason::SessionMoved => "session_moved",
         }
     }
 }
@@ -122,6 +128,9 @@ pub struct Metrics {
     /// Deliveries queued above a subscriber's backlog limit: a QoS 1/2 publisher's
     /// acknowledgement, or a QoS 0 publisher's reading, waited for room (flow control).
     pub backpressure_waits: IntCounter,
+    /// Offline-queue entries that landed after their session attached (submitted by the
+    /// shard's previous leader before a hand-off) and were delivered by a rescan.
+    pub late_queue_entries: IntCounter,
     /// Times a QoS 0 publisher's reading paused for a full subscriber.
     pub publisher_pauses: IntCounter,
     /// Commands proposed to Raft groups, by outcome (`applied`, `conflict`, `error`).
@@ -286,6 +295,10 @@ impl Metrics {
             backpressure_waits: counter(
                 "homeport_backpressure_waits_total",
                 "Deliveries queued above a subscriber's backlog limit (the publisher waits for room)",
+            ),
+            late_queue_entries: counter(
+                "homeport_late_queue_entries_total",
+                "Offline-queue entries that landed after their session attached, delivered by a rescan",
             ),
             raft_writes: counter_vec(
                 "homeport_raft_writes_total",

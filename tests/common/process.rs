@@ -53,8 +53,19 @@ impl Proc {
             // json log: "mqtt":"Some(127.0.0.1:PORT)", "admin":"Some(...)"
             break (logged_addr(&line, "mqtt"), logged_addr(&line, "admin"));
         };
-        // Keep draining the log so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the node never blocks on a full pipe; kept in
+        // $HOMEPORT_TEST_LOGS/<pid>.log when that is set (debugging a process test).
+        let keep = std::env::var_os("HOMEPORT_TEST_LOGS")
+            .map(|d| std::path::PathBuf::from(d).join(format!("{}.log", child.id())));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = keep.and_then(|p| std::fs::File::create(p).ok());
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = &mut file {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         Proc { child, mqtt, admin }
     }
 

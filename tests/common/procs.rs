@@ -6,6 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use homeport::mqtt::{self, Packet, Properties, Protocol, ReasonCode};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use super::cluster::free_udp_port;
 use super::process::Proc;
 
@@ -93,6 +100,29 @@ impl ProcCluster {
         }
     }
 
+    /// SIGTERM to node `i`; waits until it has exited (at most 60 s, then SIGKILL and a
+    /// failed test).
+    pub fn stop(&mut self, i: usize) {
+        let Some(mut p) = self.procs[i].take() else { return };
+        p.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match p.child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "node {i} exited with {status}");
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = p.child.kill();
+                    panic!("node {i} did not stop within 60 s of SIGTERM");
+                }
+            }
+        }
+    }
+
     /// Starts node `i` again on its data directory (new MQTT and admin ports).
     pub fn restart(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "node {i} is running");
@@ -140,5 +170,88 @@ pub async fn wait_formed(p: &Proc, voters: usize, within: Duration) -> serde_jso
         }
         assert!(tokio::time::Instant::now() < deadline, "cluster did not form in {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A v5 connection that follows CONNACK 0x9C redirects (at most 3) and never panics on
+/// a broken socket: the load must survive the nodes it talks to dying.
+pub struct Conn {
+    pub s: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub async fn send(&mut self, p: &Packet) -> bool {
+        let mut out = BytesMut::new();
+        mqtt::encode(p, Protocol::V5, &mut out);
+        self.s.write_all(&out).await.is_ok()
+    }
+
+    pub async fn recv(&mut self, within: Duration) -> Option<Packet> {
+        tokio::time::timeout(within, async {
+            loop {
+                match mqtt::decode(&mut self.buf, Protocol::V5, 1 << 24, 1024) {
+                    Ok(Some(d)) => return Some(d.packet),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                match self.s.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Connects `id` through any of `nodes`, following redirects, retrying for up to 15 s
+    /// (a shard without a leader for a moment answers 0x88, as clients expect); the
+    /// CONNACK's session present flag.
+    pub async fn open(nodes: &[SocketAddr], id: &str, clean: bool) -> Option<(Conn, bool)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(c) = Conn::open_once(nodes, id, clean).await {
+                return Some(c);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    pub async fn open_once(nodes: &[SocketAddr], id: &str, clean: bool) -> Option<(Conn, bool)> {
+        for start in nodes {
+            let mut at = *start;
+            for _ in 0..3 {
+                let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(at)).await
+                else {
+                    break;
+                };
+                let mut c = Conn { s, buf: BytesMut::new() };
+                let mut props = Properties::default();
+                if !clean {
+                    props.session_expiry_interval = Some(3600);
+                }
+                let connect = super::raw::connect_packet(id, Protocol::V5, clean, props);
+                if !c.send(&Packet::Connect(Box::new(connect))).await {
+                    break;
+                }
+                match c.recv(Duration::from_secs(10)).await {
+                    Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
+                        return Some((c, a.session_present))
+                    }
+                    Some(Packet::ConnAck(a)) if a.reason == ReasonCode::UseAnotherServer => {
+                        match a.properties.server_reference.and_then(|r| r.parse().ok()) {
+                            Some(next) => at = next,
+                            None => break,
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        None
     }
 }

@@ -107,6 +107,18 @@ impl Raw {
         panic!("{}: server unavailable for 5 s", c.client_id)
     }
 
+    /// A connection to `node` whose CONNECT (retried as [`Raw::connect_retrying`]) was
+    /// accepted.
+    pub async fn connected(node: &homeport::node::Node, c: Connect) -> Raw {
+        let id = c.client_id.clone();
+        let mut raw = Raw::open(node).await;
+        match raw.connect_retrying(c).await {
+            Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::Success, "{id}: {a:?}"),
+            p => panic!("{id}: {p:?}"),
+        }
+        raw
+    }
+
     pub async fn connect(&mut self, id: &str, v: Protocol, props: Properties) -> Packet {
         self.connect_with(connect_packet(id, v, true, props)).await
     }

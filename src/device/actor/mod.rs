@@ -3,6 +3,7 @@
 //! group. Session writes are submitted without waiting (they apply in submission order);
 //! the actor waits for them only before it reads its shard again (attach, start-up).
 
+mod stored;
 mod subscribe;
 
 use std::collections::HashSet;
@@ -61,6 +62,9 @@ pub struct DeviceState {
     retired: bool,
     /// Shadows read or written while this actor runs (their state is in the shard).
     shadows: ShadowCache,
+    /// Stored entries (offline queue, journal) the attached connection was given or
+    /// already had: a rescan delivers only others.
+    known_seqs: HashSet<u64>,
 }
 
 impl DeviceState {
@@ -223,6 +227,7 @@ impl DeviceState {
             if old.order(Control::TakeOver { reply: tx }) {
                 if let Ok(Ok(state)) = tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
                     live = state;
+                    self.unjournal_foreign(&mut live);
                 }
             }
         }
@@ -261,6 +266,7 @@ impl DeviceState {
         stored.extend(self.ctx.store.inflight(&self.client)?);
         stored.sort_unstable_by_key(|(seq, _)| *seq);
         let stored_seqs: HashSet<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+        self.known_seqs.clone_from(&stored_seqs);
         let mut inflight: Vec<_> = std::mem::take(&mut self.record.inflight)
             .into_iter()
             .map(|i| i.into_inflight())
@@ -299,20 +305,14 @@ impl DeviceState {
             awaiting_rel.clone_from(&r.awaiting_rel);
             self.record.awaiting_rel.clone_from(&r.awaiting_rel);
         }
+        // Completed by the old connection; the removal is on its way.
+        in_flight_seqs.extend(live.done.iter().copied());
         let mut queued = Vec::new();
         for (seq, m) in stored {
             if in_flight_seqs.contains(&seq) {
                 continue;
             }
-            let (qos, retain) = (m.qos, m.retain);
-            queued.push(Delivery {
-                msg: Arc::new(m.into_message(None)),
-                qos,
-                retain,
-                sub_ids: Vec::new(),
-                seq: Some(seq),
-                shared: None,
-            });
+            queued.push(stored::stored_delivery(seq, m));
         }
         queued.extend(live.pending.into_iter().filter(|d| d.seq.is_none()));
 
@@ -374,6 +374,7 @@ impl DeviceState {
             return Ok(());
         }
         self.slot.route_mut().persistent = true;
+        self.unjournal_foreign(&mut live);
         self.record.inflight = live.inflight.iter().map(StoredInflight::from).collect();
         self.record.awaiting_rel = std::mem::take(&mut live.awaiting_rel);
         self.record.disconnected_at_ms = Some(now);
@@ -451,6 +452,20 @@ impl DeviceState {
         self.ctx.metrics.offline_queue_depth.sub(n as i64);
         let ticket = self.ctx.sessions.dequeue(&self.client, queued);
         self.wrote(ticket);
+    }
+
+    /// [`DeviceState::enqueue`] for a publisher that waits: refused (the publisher is
+    /// told it was not stored, and may send it again) once this node no longer leads
+    /// the session's shard. The actor of the shard's new leader numbers the queue from
+    /// what it read, and an entry numbered here could collide with one of its own.
+    fn enqueue_serving(&mut self, d: Delivery, ack: oneshot::Sender<Result<(), StoreError>>) {
+        let shard = self.ctx.groups.shard_of(&self.client);
+        if !self.ctx.groups.is_leader(shard) {
+            self.ctx.metrics.dropped(DropReason::SessionMoved);
+            let _ = ack.send(Err(StoreError::Closed));
+            return;
+        }
+        self.enqueue(d, Some(ack));
     }
 
     /// Appends to the offline queue, applying the queue limit. `ack` (a publisher's
@@ -538,6 +553,7 @@ impl Actor for DeviceActor {
             idle_timer: None,
             retired: false,
             shadows: ShadowCache::new(),
+            known_seqs: HashSet::new(),
         };
         Ok(state)
     }
@@ -596,6 +612,18 @@ impl DeviceActor {
                     state.conn_id = None;
                     state.slot.route_mut().conn = None;
                 }
+                // A write the shard's previous leader submitted for this session (an
+                // offline-queue entry, during a leadership hand-off) may commit after
+                // the queue was read: look again, soon and once it must have landed.
+                if let (Ok(_), Some(conn_id), true) =
+                    (&res, state.conn_id, state.persistent() && state.ctx.late_writes_ms > 0)
+                {
+                    for after in [1_000, state.ctx.late_writes_ms + 1_000] {
+                        drop(myself.send_after(Duration::from_millis(after), move || {
+                            DeviceMsg::Rescan { conn_id }
+                        }));
+                    }
+                }
                 let _ = reply.send(res);
             }
             DeviceMsg::Detach { conn_id, live, will, expiry_secs } => {
@@ -641,23 +669,28 @@ impl DeviceActor {
                             answer(ack);
                             return Ok(());
                         }
-                        Offer::Closed(d) => {
-                            // A journaled message waits in the journal for the next attach.
+                        Offer::Closed(mut d) => {
+                            // Not in the node-local journal: the next attach may be on
+                            // another node. The shard's offline queue keeps it.
+                            if journaled {
+                                state.ctx.router.unjournal(&state.slot, &mut d);
+                            }
                             if d.seq.is_none() {
-                                state.enqueue(d, Some(ack));
+                                state.enqueue_serving(d, ack);
                             } else {
                                 state.ctx.store.durable_to(ack);
                             }
                         }
                     }
                 } else if state.persistent() {
-                    state.enqueue(d, Some(ack));
+                    state.enqueue_serving(d, ack);
                 } else {
                     // The session ended meanwhile: nothing to store.
                     let _ = ack.send(Ok(()));
                 }
             }
             DeviceMsg::Delivered(seqs) => state.remove_queued(seqs),
+            DeviceMsg::Rescan { conn_id } => state.rescan(conn_id),
             DeviceMsg::FireWill => {
                 let due =
                     state.record.will.as_ref().and_then(|w| w.at_ms).is_some_and(|t| t <= now_ms());

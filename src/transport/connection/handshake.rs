@@ -205,7 +205,17 @@ pub async fn refuse<S: DeviceIo>(
     reason: ReasonCode,
     ctx: &ConnCtx,
 ) {
-    let properties = Properties::default();
+    refuse_with(io, protocol, reason, Properties::default(), ctx).await
+}
+
+/// As [`refuse`], with CONNACK properties (v5; a 3.1.1 CONNACK has none).
+pub async fn refuse_with<S: DeviceIo>(
+    io: &mut S,
+    protocol: Protocol,
+    reason: ReasonCode,
+    properties: Properties,
+    ctx: &ConnCtx,
+) {
     let p = Packet::ConnAck(ConnAck { session_present: false, reason, properties });
     let mut out = BytesMut::new();
     mqtt::encode(&p, protocol, &mut out);

@@ -18,14 +18,15 @@ use super::outbound::Outbound;
 use super::{presence, reserved};
 use super::{ConnCtx, DeviceIo, Peer};
 
+mod end;
 mod publish;
 mod subscribe;
 use crate::auth::policy::Action;
 use crate::auth::{Access, ConnectAuth, Tracked};
 use crate::broker::{ConnQueue, Control, Delivery, LiveState, SessionSlot};
-use crate::device::{AttachRequest, Resume};
-use crate::mqtt::{self, DecodeError, Disconnect, Packet, Properties, PubResp, QoS, ReasonCode};
-use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend, SessionRecord};
+use crate::device::AttachRequest;
+use crate::mqtt::{self, DecodeError, Packet, Properties, PubResp, QoS, ReasonCode};
+use crate::session::{AckKind, Acked, Incoming, Outgoing, Resend};
 use crate::transport::limits::{AddressGuard, ConnLimiter};
 
 /// How long a connection whose session's actor moved tries to re-attach (an election
@@ -33,6 +34,8 @@ use crate::transport::limits::{AddressGuard, ConnLimiter};
 const RESUME_WITHIN: Duration = Duration::from_secs(5);
 /// Read chunk reserved once the socket is readable.
 const READ_CHUNK: usize = 4096;
+/// How many completed stored entries a connection remembers for a takeover.
+const RECENT_DONE: usize = 128;
 /// Acknowledgements a connection may owe at once. v5 clients are held to our Receive
 /// Maximum; 3.1.1 has none, and this is as many as a client has packet identifiers.
 const MAX_OWED_ACKS: usize = u16::MAX as usize;
@@ -84,6 +87,10 @@ enum End {
     /// The session's shard moved to another node: DISCONNECT 0x9C (v5) with the node's
     /// address as Server Reference, no will (the session goes on there).
     Redirected(Option<String>),
+    /// This node is leaving (`Devices::set_leaving`): DISCONNECT 0x9C (v5) naming
+    /// another node. The session detaches as at a shutdown (its will is due after its
+    /// delay; a client back within the delay sends none).
+    Left(Option<String>),
 }
 
 struct GaugeGuard(IntGauge);
@@ -113,6 +120,8 @@ struct Conn {
     paused: Option<Pause>,
     /// Offline-queue entries completed since the last report to the actor.
     delivered: Vec<u64>,
+    /// The last [`RECENT_DONE`] of them already sent (no allocation until the first).
+    recent_done: VecDeque<u64>,
     expiry_update: Option<u32>,
     /// What this client may publish, subscribe to and receive.
     access: Access,
@@ -233,6 +242,15 @@ async fn open<S: DeviceIo>(
             return None;
         }
     };
+    // A node that is leaving sends the client to another (after authentication: the
+    // address of a peer is not told to anyone).
+    if ctx.devices.leaving() {
+        let server_reference = ctx.devices.elsewhere(&neg.client_id);
+        let props = Properties { server_reference, ..Default::default() };
+        handshake::refuse_with(io, connect.protocol, ReasonCode::UseAnotherServer, props, &ctx)
+            .await;
+        return None;
+    }
     let queue = Arc::new(ConnQueue::new(handshake::next_conn_id(), ctx.cfg.mqtt.outbound_queue));
     let tracked = ctx.auth.track(queue.id, &grant, &queue);
     let req = AttachRequest {
@@ -263,6 +281,7 @@ async fn open<S: DeviceIo>(
         owed: VecDeque::new(),
         paused: None,
         delivered: Vec::new(),
+        recent_done: VecDeque::new(),
         expiry_update: None,
         access: Access::new(grant),
         _tracked: tracked,
@@ -299,7 +318,8 @@ async fn open<S: DeviceIo>(
     for d in reply.queued {
         conn.deliver(d);
     }
-    presence::connected(&ctx.router, &conn.client, conn.queue.id, peer.addr);
+    let level = if conn.neg.protocol.is_v5() { 5 } else { 4 };
+    presence::connected(&ctx.router, &conn.client, conn.queue.id, peer.addr, level);
     Some(conn)
 }
 
@@ -421,6 +441,10 @@ impl Conn {
         if *shutdown.borrow() {
             return End::Shutdown;
         }
+        // Attached while the node started leaving (or back from hibernation since).
+        if self.ctx.devices.leaving() {
+            return End::Left(self.ctx.devices.elsewhere(&self.client));
+        }
         loop {
             if !self.out.buf.is_empty() {
                 let buf = std::mem::take(&mut self.out.buf);
@@ -428,10 +452,7 @@ impl Conn {
                     return End::Io;
                 }
             }
-            if !self.delivered.is_empty() {
-                let seqs = std::mem::take(&mut self.delivered);
-                self.ctx.devices.delivered(&self.slot, self.queue.id, seqs);
-            }
+            self.flush_delivered();
             // What waits for a window slot counts towards the backlog limit.
             self.queue.settle(self.outgoing.pending_len());
             let reading = self.paused.is_none();
@@ -439,6 +460,9 @@ impl Conn {
                 biased;
                 _ = shutdown.changed() => return End::Shutdown,
                 _ = self.queue.ready() => {
+                    if self.ctx.devices.leaving() {
+                        return End::Left(self.ctx.devices.elsewhere(&self.client));
+                    }
                     let (items, control) = self.queue.take();
                     if let Some(c) = control {
                         // Not sent yet: they go with the live state, or stay for the
@@ -622,142 +646,6 @@ impl Conn {
             _ => Err(End::Violation(ReasonCode::ProtocolError, "unexpected_packet")),
         };
         done.map(|()| None)
-    }
-
-    /// The session's actor moved to another node (its shard's leader changed): attach to
-    /// the new one, keeping the socket, the window and its packet ids. Tried until
-    /// [`RESUME_WITHIN`] while the shard has no leader yet; false if it cannot be done
-    /// (a clean session whose state was lost with its node, or the client connected
-    /// again elsewhere), and the connection then closes with DISCONNECT 0x9C.
-    async fn resume(&mut self, record: Option<Box<SessionRecord>>) -> bool {
-        let expiry_secs = self.expiry_update.unwrap_or(self.neg.expiry_secs);
-        if expiry_secs == 0 && record.is_none() {
-            // A clean session whose state was lost with its actor's node.
-            self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
-            return false;
-        }
-        let (inflight, pending_seqs) = self.outgoing.snapshot();
-        let resume = Resume {
-            inflight,
-            pending_seqs,
-            awaiting_rel: self.incoming.awaiting(),
-            record: record.map(|r| *r),
-        };
-        let deadline = Instant::now() + RESUME_WITHIN;
-        let reply = loop {
-            let req = AttachRequest {
-                conn: self.queue.clone(),
-                clean_start: false,
-                expiry_secs,
-                will: None,
-                resume: Some(Box::new(resume.clone())),
-            };
-            match self.ctx.devices.attach(&self.client, req).await {
-                Ok(r) => break r,
-                Err(e) if Instant::now() >= deadline => {
-                    tracing::info!(message = "session resume failed", client = %self.client, error = %e);
-                    self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
-                    return false;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        if let Some(d) = reply.durable {
-            if !matches!(d.await, Ok(Ok(()))) {
-                self.ctx.metrics.session_resumes.with_label_values(&["failed"]).inc();
-                return false;
-            }
-        }
-        self.slot = reply.slot;
-        self.client = self.slot.client_id.clone();
-        for d in reply.queued {
-            self.deliver(d);
-        }
-        self.ctx.metrics.session_resumes.with_label_values(&["resumed"]).inc();
-        tracing::debug!(message = "session resumed on its new actor", client = %self.client);
-        true
-    }
-
-    /// Ends the live session: the queue closes, and what is in flight or waiting, and
-    /// what was still queued, goes back in order.
-    fn live_state(&mut self) -> LiveState {
-        let outgoing = std::mem::replace(&mut self.outgoing, Outgoing::new(1));
-        let (inflight, mut pending) = outgoing.into_parts();
-        pending.extend(self.queue.close());
-        LiveState { inflight, pending, awaiting_rel: self.incoming.awaiting() }
-    }
-
-    fn detach(&mut self, live: LiveState, will: bool) {
-        self.ctx.devices.detach(&self.slot, self.queue.id, live, will, self.expiry_update);
-    }
-
-    async fn finish<S: DeviceIo>(&mut self, io: &mut S, end: End) {
-        let (reason, label, will, aws) = match &end {
-            End::Client { will } => (None, "normal", *will, "CLIENT_INITIATED_DISCONNECT"),
-            // `Idle` never gets here: `serve_connection` hibernates on it.
-            End::Io | End::Idle => (None, "connection_lost", true, "CONNECTION_LOST"),
-            End::Violation(code, label) => (Some(*code), *label, true, "CLIENT_ERROR"),
-            End::KeepAlive => (
-                Some(ReasonCode::KeepAliveTimeout),
-                "keep_alive_timeout",
-                true,
-                "MQTT_KEEP_ALIVE_TIMEOUT",
-            ),
-            End::TakenOver(_) => (
-                Some(ReasonCode::SessionTakenOver),
-                "session_taken_over",
-                false,
-                "DUPLICATE_CLIENTID",
-            ),
-            End::Shutdown => (
-                Some(ReasonCode::ServerShuttingDown),
-                "server_shutting_down",
-                true,
-                "SERVER_INITIATED_DISCONNECT",
-            ),
-            End::Kicked(code) => {
-                (Some(*code), "administrative_action", true, "SERVER_INITIATED_DISCONNECT")
-            }
-            End::Redirected(_) => (
-                Some(ReasonCode::UseAnotherServer),
-                "use_another_server",
-                false,
-                "SERVER_INITIATED_DISCONNECT",
-            ),
-        };
-        let m = &self.ctx.metrics;
-        m.disconnects.with_label_values(&[label]).inc();
-        if let End::Violation(..) = &end {
-            m.protocol_errors.with_label_values(&[label]).inc();
-        }
-        if let (Some(code), true) = (reason, self.neg.protocol.is_v5()) {
-            let mut properties = Properties::default();
-            if let End::Redirected(server) = &end {
-                properties.server_reference.clone_from(server);
-            }
-            let d = Packet::Disconnect(Disconnect { reason: code, properties });
-            self.out.packet(&d, m);
-        }
-        if !self.out.buf.is_empty() {
-            let buf = std::mem::take(&mut self.out.buf);
-            let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&buf)).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-        tracing::debug!(message = "client disconnected", client = %self.client, reason = label);
-        if !self.delivered.is_empty() {
-            let seqs = std::mem::take(&mut self.delivered);
-            self.ctx.devices.delivered(&self.slot, self.queue.id, seqs);
-        }
-        presence::disconnected(&self.ctx.router, &self.client, self.queue.id, aws);
-        let live = self.live_state();
-        match end {
-            End::TakenOver(reply) => {
-                let _ = reply.send(live);
-            }
-            // The session's actor is gone from this node; the new leader has it.
-            End::Redirected(_) => {}
-            _ => self.detach(live, will),
-        }
     }
 }
 
