@@ -19,6 +19,6 @@ pub(crate) use message::test_delivery;
 pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
 pub use outq::{next_conn_id, ConnQueue, Offer};
 pub use retained::{RetainLimits, Retained};
-pub use router::{AckWait, Forwarder, Routed, Router, SubscribeOutcome};
+pub use router::{AckWait, Forwarder, Routed, Router, ShardScope, SubscribeOutcome};
 pub use slot::{Control, LiveState, SessionSlot, SlotRef};
 pub use trie::SharedKey;

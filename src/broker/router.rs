@@ -61,7 +61,34 @@ pub trait Forwarder: Send + Sync + 'static {
     /// Sends `msg` to every peer with a matching filter; for QoS 1/2, `acks` gets what
     /// the publisher's acknowledgement must wait for (the peer's answer, once what the
     /// message caused there is durable). Returns the number of peers.
-    fn forward(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) -> usize;
+    /// `skip` gets the shards whose persistent sessions must not be delivered to here
+    /// now (their restore here is not complete: they get it when it is).
+    fn forward(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>, skip: &mut Vec<u32>) -> usize;
+    /// The shard of a client.
+    fn shard_of(&self, client: &str) -> u32;
+    /// Persistent session `client` subscribed to the non-shared `filter` (its shard's
+    /// routes, which outlive this node's leadership of the shard).
+    fn persistent_subscribed(&self, client: &Arc<str>, filter: &str);
+    /// `client`'s subscription to `filter` went (unsubscribed or ended; idempotent).
+    fn persistent_unsubscribed(&self, client: &str, filter: &str);
+    /// This node starts serving `shard` (before its sessions are restored)...
+    fn claim_shard(&self, shard: u32);
+    /// ...and has restored them, in Raft term `term`.
+    fn claimed_shard(&self, shard: u32, term: u64);
+    /// This node stopped serving `shard`.
+    fn release_shard(&self, shard: u32);
+}
+
+/// Which persistent sessions a message is for, by shard, in a cluster: a forwarded copy
+/// expects those of some shards among its matches (the node that forwarded it learned
+/// from the shards' routes that one of them subscribes), and sessions of a shard this
+/// node has not finished restoring are skipped (they get the message once it has).
+pub struct ShardScope<'a> {
+    pub expect: &'a [u32],
+    pub skip: &'a [u32],
+    /// Deliver to sessions of `expect` only (a copy sent again: the others had theirs).
+    pub only: bool,
+    pub shard_of: &'a (dyn Fn(&str) -> u32 + Sync),
 }
 
 /// Result of routing one message.
@@ -79,6 +106,9 @@ pub struct Routed {
     /// The message asked to be retained and the retained limits refused it (it was
     /// still delivered).
     pub retain_refused: bool,
+    /// A forwarded copy with a [`ShardScope`]: some of its shards had no persistent
+    /// session here that matched (this node does not serve them yet, or any more).
+    pub shards_missing: bool,
 }
 
 /// One session's merged matches for a message.
@@ -193,7 +223,34 @@ impl Router {
     /// Routes a message another node forwarded to this node's subscribers only: it is
     /// not forwarded again, and its retained state is the publishing node's business.
     pub fn publish_forwarded(&self, msg: Arc<Message>) -> Routed {
-        self.route_here(&msg, None, false, Routed::default())
+        self.route_here(&msg, None, false, Routed::default(), None)
+    }
+
+    /// [`Router::publish_forwarded`] for a copy with a [`ShardScope`]:
+    /// [`Routed::shards_missing`] says whether each expected shard had a match here.
+    pub fn publish_forwarded_scoped(&self, msg: Arc<Message>, scope: &ShardScope) -> Routed {
+        self.route_here(&msg, None, false, Routed::default(), Some(scope))
+    }
+
+    /// Starts a claim of `shard`'s routes (a cluster; nothing on a single node).
+    pub fn claim_shard(&self, shard: u32) {
+        if let Some(f) = self.forwarder.get() {
+            f.claim_shard(shard);
+        }
+    }
+
+    /// Ends the claim of `shard` in Raft term `term`: its routes are announced.
+    pub fn claimed_shard(&self, shard: u32, term: u64) {
+        if let Some(f) = self.forwarder.get() {
+            f.claimed_shard(shard, term);
+        }
+    }
+
+    /// This node no longer serves `shard` (its routes stay with the peers).
+    pub fn release_shard(&self, shard: u32) {
+        if let Some(f) = self.forwarder.get() {
+            f.release_shard(shard);
+        }
     }
 
     /// Publishes a broker-made reply (shadow `accepted`, `delta`, ...; QoS 1, JSON) to its
@@ -238,14 +295,24 @@ impl Router {
         }
         let sys = msg.topic.starts_with("$SYS/");
         // Each node publishes its own `$SYS` tree.
-        if let Some(f) = self.forwarder.get().filter(|_| !sys) {
-            routed.matched += f.forward(&msg, &mut routed.acks);
+        let mut skip = Vec::new();
+        let fw = self.forwarder.get().filter(|_| !sys);
+        if let Some(f) = fw {
+            routed.matched += f.forward(&msg, &mut routed.acks, &mut skip);
         }
         // Rules run where a message enters, once (forwarded copies skip this).
         if let Some(r) = self.rules.get().filter(|_| !sys) {
             r.on_publish(self, &msg, &mut routed);
         }
-        Ok(self.route_here(&msg, requester, broker_made, routed))
+        match fw.filter(|_| !skip.is_empty()) {
+            Some(f) => {
+                let shard_of = |c: &str| f.shard_of(c);
+                let scope =
+                    ShardScope { expect: &[], skip: &skip, only: false, shard_of: &shard_of };
+                Ok(self.route_here(&msg, requester, broker_made, routed, Some(&scope)))
+            }
+            None => Ok(self.route_here(&msg, requester, broker_made, routed, None)),
+        }
     }
 
     /// Delivers `msg` to the matching sessions of this node's trie (and `requester`).
@@ -255,8 +322,26 @@ impl Router {
         requester: Option<&Arc<SessionSlot>>,
         broker_made: bool,
         mut routed: Routed,
+        scope: Option<&ShardScope>,
     ) -> Routed {
-        let matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
+        let mut matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
+        if let Some(sc) = scope {
+            let shard = |m: &crate::broker::trie::Match<SlotRef>| {
+                (m.group.is_none() && m.key.0.route().persistent)
+                    .then(|| (sc.shard_of)(&m.key.0.client_id))
+                    .filter(|s| sc.expect.contains(s) || sc.skip.contains(s))
+            };
+            let mut found = Vec::new();
+            matches.retain(|m| match shard(m) {
+                Some(s) if sc.skip.contains(&s) => false,
+                Some(s) => {
+                    found.push(s);
+                    true
+                }
+                None => !sc.only,
+            });
+            routed.shards_missing = sc.expect.iter().any(|s| !found.contains(s));
+        }
         routed.found += matches.len();
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
         // subscription identifiers. Few matches (the common case) are deduplicated by a
@@ -524,6 +609,11 @@ impl Router {
             (false, None, Some(fw)) => Some(fw.subscribed(f)),
             _ => None,
         };
+        if let (None, Some(fw)) = (group, self.forwarder.get()) {
+            if slot.route().persistent {
+                fw.persistent_subscribed(&slot.client_id, f);
+            }
+        }
         SubscribeOutcome { existed, route }
     }
 
@@ -549,7 +639,18 @@ impl Router {
         Some(rx)
     }
 
+    /// Removes a subscription: the session unsubscribed or ended.
     pub fn unsubscribe(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
+        self.remove_subscription(slot, filter, true)
+    }
+
+    /// Takes a subscription out of this node's trie while the session lives on in its
+    /// shard (it moves to the shard's next leader): its shard's routes stay.
+    pub fn evict_subscription(&self, slot: &Arc<SessionSlot>, filter: &str) -> bool {
+        self.remove_subscription(slot, filter, false)
+    }
+
+    fn remove_subscription(&self, slot: &Arc<SessionSlot>, filter: &str, ended: bool) -> bool {
         let (group, f) = match topic::parse_shared(filter) {
             Ok(Some(s)) => (Some(s.group), s.filter),
             _ => (None, filter),
@@ -559,6 +660,9 @@ impl Router {
         self.metrics.subscriptions.set(trie.len() as i64);
         if let (true, None, Some(fw)) = (removed, group, self.forwarder.get()) {
             fw.unsubscribed(f);
+            if ended {
+                fw.persistent_unsubscribed(&slot.client_id, f);
+            }
         }
         removed
     }

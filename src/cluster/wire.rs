@@ -381,6 +381,12 @@ pub struct WireMessage {
     pub msg: StoredMessage,
     /// The publisher's client id (for no-local subscriptions).
     pub origin: Option<String>,
+    /// Shards whose persistent sessions the sender expects here (their routes matched
+    /// and this node leads them as far as the sender knows): a message none of whose
+    /// sessions in one of them matched is answered as unmatched.
+    pub shards: Vec<u32>,
+    /// Deliver to those shards' persistent sessions only (a copy sent again for them).
+    pub only: bool,
 }
 
 /// The answer to a [`Request`].
@@ -403,7 +409,8 @@ pub enum Answer {
     /// The change of the caller's routes this node is at now; None: send the full set.
     Routes(Option<u64>),
     /// A forwarded batch was routed; `unmatched`: positions of the messages no
-    /// subscription here matched (the caller's route was stale: the subscriber moved).
+    /// subscription here matched, or that missed one of their shards (the caller's
+    /// route was stale: the subscriber moved, or its shard is not served here yet).
     Published {
         unmatched: Vec<u32>,
     },

@@ -187,6 +187,9 @@ impl SupervisorState {
 fn restore(state: &mut SupervisorState, grace_ms: u64) -> Result<(), StoreError> {
     let now = now_ms();
     let ctx = state.ctx.clone();
+    // In a cluster the shard's persistent routes are announced once, as a whole, when
+    // every session is back in the trie.
+    ctx.router.claim_shard(state.shard);
     for (client, mut rec) in ctx.sessions.sessions_in(state.shard)? {
         if rec.expiry_secs == 0 {
             ctx.sessions.end(&client);
@@ -216,6 +219,7 @@ fn restore(state: &mut SupervisorState, grace_ms: u64) -> Result<(), StoreError>
             state.timers.insert((at, client.clone(), Timer::Expire));
         }
     }
+    ctx.router.claimed_shard(state.shard, ctx.groups.term(state.shard));
     ctx.metrics.sessions.set(ctx.devices.len() as i64);
     ctx.metrics.offline_queue_depth.add(ctx.sessions.queued_in(state.shard)? as i64);
     Ok(())
@@ -269,6 +273,7 @@ impl SupervisorState {
                 evict(&self.ctx, &slot, server.clone(), None, None);
             }
         }
+        self.ctx.router.release_shard(self.shard);
         self.ctx.metrics.sessions.set(self.ctx.devices.len() as i64);
         tracing::info!(message = "stopped serving shard", shard = self.shard, leader = ?leader);
     }
@@ -289,7 +294,7 @@ pub(super) fn evict(
         rec.map(|r| r.subscriptions.into_iter().map(|s| s.filter).collect()).unwrap_or_default()
     });
     for f in filters {
-        ctx.router.unsubscribe(slot, &f);
+        ctx.router.evict_subscription(slot, &f);
     }
     let (conn, persistent) = {
         let mut route = slot.route_mut();

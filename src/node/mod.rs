@@ -191,6 +191,7 @@ impl Node {
         if let Some(parts) = &transport {
             // Before any subscription exists: the routes are announced from the first.
             parts.routing.set_router(&router);
+            parts.routing.set_groups(&groups);
             router.set_forwarder(Arc::new(parts.routing.clone()));
         }
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));

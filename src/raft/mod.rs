@@ -435,6 +435,11 @@ impl Groups {
         self.raft(group).is_some_and(|r| r.metrics().borrow().state == ServerState::Leader)
     }
 
+    /// The Raft term of `group` on this node (0 for a group it does not have).
+    pub fn term(&self, group: GroupId) -> u64 {
+        self.raft(group).map_or(0, |r| r.metrics().borrow().current_term)
+    }
+
     /// The leader of `group` as this node knows it.
     pub fn leader(&self, group: GroupId) -> Option<u64> {
         self.raft(group).and_then(|r| r.metrics().borrow().current_leader)

@@ -17,10 +17,16 @@
 //! write does. A peer that does not answer (down, partitioned: the transport's
 //! timeout) or whose queue is full does not hold publishers hostage: their
 //! acknowledgement proceeds and the copies are counted as `failed` / `overflow` in
-//! `homeport_cluster_forwarded_total`. Its sessions' actors move to live nodes with the
-//! shards (their routes come back from there); what was published for them meanwhile
-//! and not stored is lost to them (issue 20: routes of offline persistent sessions from
-//! the replicated shard state).
+//! `homeport_cluster_forwarded_total`. Its clean sessions are gone with it.
+//!
+//! Persistent sessions are found through their shard's routes (`super::routes`), which
+//! the peers keep while the shard changes leaders. A publish matching a shard's routes
+//! goes to the node leading the shard now; if that node has not restored the shard yet
+//! (it answers "missing"), did not answer, or no leader is known, the copy is sent
+//! again, to those sessions only, to whichever node leads the shard then, until
+//! [`Routing::shard_patience`] has passed; the publisher's acknowledgement waits, and
+//! is an error if the patience runs out. So a message acknowledged during a hand-off or
+//! after a kill -9 of the shard's leader is in the session's offline queue.
 //!
 //! A SUBACK waits until every peer confirmed the change that announced the filter
 //! ([`Routing::wait_confirmed`], at most the RPC timeout): a publish any node reads after
@@ -32,20 +38,23 @@
 //! node a message enters) and retained state (each node's retained index is loaded
 //! from its replicas and updated by the publishes entering it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::liveness::{Change, Liveness};
-use super::metrics::ClusterMetrics;
-use super::routes::{LocalRoutes, PeerRoutes, RouteUpdate};
-use super::transport::{Class, Transport};
-use super::wire::{Answer, NodeId, Request, WireError, WireMessage};
-use crate::broker::{AckWait, Forwarder, Message, Router, StoredMessage};
+mod reroute;
+
+use crate::broker::{AckWait, Forwarder, Message, Router, ShardScope, StoredMessage};
+use crate::cluster::liveness::{Change, Liveness};
+use crate::cluster::metrics::ClusterMetrics;
+use crate::cluster::routes::{LocalRoutes, PeerRoutes, RouteUpdate};
+use crate::cluster::transport::{Class, Transport};
+use crate::cluster::wire::{Answer, NodeId, Request, WireError, WireMessage};
 use crate::mqtt::QoS;
+use crate::raft::Groups;
 use crate::store::StoreError;
 
 /// Copies waiting for one peer; a full queue refuses more (counted as `overflow`).
@@ -60,6 +69,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 const REROUTE_WAIT: Duration = Duration::from_millis(50);
 /// ...at most this many times (about 0.75 s in all).
 const REROUTE_TRIES: u8 = 5;
+/// The longest wait between tries of a copy for a shard's persistent sessions.
+const SHARD_RETRY_MAX: Duration = Duration::from_millis(250);
 
 struct Copy {
     /// Shared by the copies for each peer; turned into a [`WireMessage`] when sent.
@@ -70,6 +81,14 @@ struct Copy {
     /// The peers it was forwarded to, when more than the queue's own peer (a
     /// routed-again copy goes to none of them twice).
     sent_to: Option<Arc<[NodeId]>>,
+    /// Shards whose persistent sessions this copy is for, beyond the receiver's own
+    /// matches (their routes matched and the receiver leads them, as far as known).
+    shards: Vec<u32>,
+    /// For those sessions only (a copy sent again for them: the others had theirs).
+    only: bool,
+    /// When the message entered here; copies for shards are tried again until
+    /// [`Routing::shard_patience`] after it.
+    born: Instant,
 }
 
 /// Routes and forwarding of one node.
@@ -92,6 +111,11 @@ pub struct Routing {
     /// Which peers answer; declarations go to `on_change` (`super::liveness`).
     liveness: Mutex<Liveness>,
     on_change: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
+    /// Shards' leaders and which shard a client is in (weak: the groups hold the
+    /// transport, which holds this).
+    groups: std::sync::OnceLock<Weak<Groups>>,
+    /// The shards this node has claimed and restored.
+    serving: RwLock<HashSet<u32>>,
 }
 
 impl Routing {
@@ -115,7 +139,34 @@ impl Routing {
             router: std::sync::OnceLock::new(),
             liveness: Mutex::new(Liveness::new(down_after)),
             on_change: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
+            serving: RwLock::new(HashSet::new()),
         })
+    }
+
+    /// The node's Raft groups: where shards' leaders are learned.
+    pub fn set_groups(&self, groups: &Arc<Groups>) {
+        let _ = self.groups.set(Arc::downgrade(groups));
+    }
+
+    fn groups(&self) -> Option<Arc<Groups>> {
+        self.groups.get().and_then(Weak::upgrade)
+    }
+
+    /// How long a copy for a shard's persistent sessions is tried: long enough for a
+    /// dead leader's calls to time out and an election to end.
+    fn shard_patience(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(1)
+    }
+
+    /// Where `shard`'s sessions are served: its leader as this node's Raft sees it,
+    /// else the node that last announced the shard's routes.
+    fn shard_leader(&self, shard: u32) -> Option<NodeId> {
+        self.groups().and_then(|g| g.leader(shard)).or_else(|| self.peers.read().shard_owner(shard))
+    }
+
+    fn shard_for(&self, client: &str) -> Option<u32> {
+        self.groups().map(|g| g.shard_of(client))
     }
 
     /// What to do when a peer is declared down or up (once; the node's devices).
@@ -311,13 +362,30 @@ impl Routing {
         let mut acks = Vec::new();
         let mut unmatched = Vec::new();
         let n = msgs.len() as u64;
+        let groups = self.groups();
+        let shard_of = |c: &str| groups.as_ref().map_or(0, |g| g.shard_of(c));
         for (i, w) in msgs.into_iter().enumerate() {
             let msg = Arc::new(w.msg.into_message(w.origin.map(Arc::from)));
-            let routed = router.publish_forwarded(msg);
-            if routed.found == 0 {
+            let missed = if w.shards.is_empty() {
+                let routed = router.publish_forwarded(msg);
+                acks.extend(routed.acks);
+                routed.found == 0
+            } else {
+                // A shard not restored here yet: its sessions get the copy sent again
+                // once it is (the sender tries until then), not a part of it now.
+                let (expect, skip): (Vec<u32>, Vec<u32>) = {
+                    let serving = self.serving.read();
+                    w.shards.iter().partition(|s| serving.contains(s))
+                };
+                let scope =
+                    ShardScope { expect: &expect, skip: &skip, only: w.only, shard_of: &shard_of };
+                let routed = router.publish_forwarded_scoped(msg, &scope);
+                acks.extend(routed.acks);
+                routed.shards_missing || !skip.is_empty()
+            };
+            if missed {
                 unmatched.push(i as u32);
             }
-            acks.extend(routed.acks);
         }
         if !unmatched.is_empty() {
             self.metrics
@@ -353,93 +421,6 @@ impl Routing {
         }
         self.metrics.forwarded_in.with_label_values(&[result]).inc_by(n);
         answer.map(|()| unmatched).map_err(WireError::Unavailable)
-    }
-
-    /// A QoS 1/2 copy that `Copy::sent_to`'s peers all matched nothing with (their
-    /// routes here were stale: the subscriber's session moved, say in a leadership
-    /// hand-off, and the new node's announcement had not arrived). After a short wait
-    /// it is routed again: here, if the session moved here, else to the peers that now
-    /// announce a matching filter and were not sent it yet. The publisher's
-    /// acknowledgement waits; after [`REROUTE_TRIES`] waits with no match anywhere it
-    /// is an error, never a silent loss.
-    fn reroute(
-        self: Arc<Self>,
-        copy: Copy,
-        peer: NodeId,
-    ) -> futures_util::future::BoxFuture<'static, ()> {
-        Box::pin(self.reroute_once(copy, peer))
-    }
-
-    async fn reroute_once(self: Arc<Self>, mut copy: Copy, peer: NodeId) {
-        let Some(ack) = copy.ack.take() else { return };
-        tokio::time::sleep(REROUTE_WAIT * u32::from(copy.tries)).await;
-        copy.tries += 1;
-        if let Some(router) = self.router.get().and_then(Weak::upgrade) {
-            let routed = router.publish_forwarded(copy.msg.clone());
-            if routed.found > 0 {
-                let within = self.timeout / 2;
-                let mut result = Ok(());
-                for a in routed.acks.into_iter().filter(|a| matches!(a, AckWait::Durable(_))) {
-                    match tokio::time::timeout(within, a.wait()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => result = Err(e),
-                        Err(_) => {
-                            result = Err(StoreError::Unavailable("not stored in time".into()))
-                        }
-                    }
-                }
-                self.metrics.forwarded.with_label_values(&["rerouted"]).inc();
-                let _ = ack.send(result);
-                return;
-            }
-        }
-        let nodes: Vec<NodeId> = self
-            .peers
-            .read()
-            .nodes_for(&copy.msg.topic)
-            .into_iter()
-            .filter(|n| !copy.sent_to.as_deref().unwrap_or(&[peer]).contains(n))
-            .collect();
-        if nodes.is_empty() {
-            if copy.tries > REROUTE_TRIES {
-                self.metrics.forwarded.with_label_values(&["unmatched"]).inc();
-                let e = "the subscribers' routes moved and were not found again";
-                let _ = ack.send(Err(StoreError::Unavailable(e.into())));
-            } else {
-                copy.ack = Some(ack);
-                tokio::spawn(self.reroute(copy, peer));
-            }
-            return;
-        }
-        self.metrics.forwarded.with_label_values(&["rerouted"]).inc();
-        let only = [peer];
-        let before = copy.sent_to.as_deref().unwrap_or(&only);
-        let sent_to: Option<Arc<[NodeId]>> = Some(before.iter().chain(&nodes).copied().collect());
-        let mut waits = Vec::new();
-        let mut result = Ok(());
-        for n in nodes {
-            let (tx, rx) = oneshot::channel();
-            let c = Copy {
-                msg: copy.msg.clone(),
-                ack: Some(tx),
-                tries: copy.tries,
-                sent_to: sent_to.clone(),
-            };
-            if self.queue(n).try_send(c).is_ok() {
-                waits.push(rx);
-            } else {
-                self.metrics.forwarded.with_label_values(&["overflow"]).inc();
-                result = Err(StoreError::Unavailable(format!("node {n}: forward queue full")));
-            }
-        }
-        for w in waits {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(StoreError::Unavailable("forward queue closed".into())),
-            }
-        }
-        let _ = ack.send(result);
     }
 
     fn queue(self: &Arc<Self>, peer: NodeId) -> mpsc::Sender<Copy> {
@@ -489,6 +470,8 @@ impl Link {
                 .map(|c| WireMessage {
                     msg: StoredMessage::from(&*c.msg),
                     origin: c.msg.origin.as_deref().map(str::to_string),
+                    shards: c.shards.clone(),
+                    only: c.only,
                 })
                 .collect();
             let n = msgs.len() as u64;
@@ -516,11 +499,14 @@ impl Link {
                 }
             };
             self.metrics.forwarded.with_label_values(&[result]).inc_by(n);
+            let unanswered = result == "failed";
             for (i, mut c) in batch.into_iter().enumerate() {
                 // Nobody there subscribes any more: the peer's routes were stale. A QoS
-                // 1/2 copy is routed again if it was not everywhere it could go.
+                // 1/2 copy is routed again if it was not everywhere it could go. One for
+                // a shard's persistent sessions also if the peer did not answer: the
+                // shard's next leader stores it.
                 let stale = unmatched.binary_search(&(i as u32)).is_ok();
-                if stale && c.ack.is_some() {
+                if (stale || (unanswered && !c.shards.is_empty())) && c.ack.is_some() {
                     if let Some(r) = self.routing.upgrade() {
                         tokio::spawn(r.reroute(c, peer));
                         continue;
@@ -557,33 +543,124 @@ impl Forwarder for Arc<Routing> {
     }
 
     fn has_routes(&self, topic: &str) -> bool {
-        !self.peers.read().nodes_for(topic).is_empty()
+        let p = self.peers.read();
+        !p.nodes_for(topic).is_empty() || !p.shards_for(topic).is_empty()
     }
 
-    fn forward(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>) -> usize {
-        let nodes = self.peers.read().nodes_for(&msg.topic);
-        if nodes.is_empty() {
+    fn shard_of(&self, client: &str) -> u32 {
+        self.shard_for(client).unwrap_or(0)
+    }
+
+    fn forward(&self, msg: &Arc<Message>, acks: &mut Vec<AckWait>, skip: &mut Vec<u32>) -> usize {
+        let (nodes, shards) = {
+            let p = self.peers.read();
+            (p.nodes_for(&msg.topic), p.shards_for(&msg.topic))
+        };
+        if nodes.is_empty() && shards.is_empty() {
             return 0;
         }
+        // Each node with a match gets one copy; the leader of a shard whose persistent
+        // sessions match gets one too, told to expect them. A shard served here is
+        // routed here; one with no leader yet, or not restored here yet, waits.
+        let mut targets: Vec<(NodeId, Vec<u32>)> = nodes.into_iter().map(|n| (n, vec![])).collect();
+        let mut pending = Vec::new();
+        for s in shards {
+            match self.shard_leader(s) {
+                Some(l) if l == self.me => {
+                    if !self.serving.read().contains(&s) {
+                        pending.push(s);
+                    }
+                }
+                Some(l) => match targets.iter_mut().find(|(n, _)| *n == l) {
+                    Some((_, v)) => v.push(s),
+                    None => targets.push((l, vec![s])),
+                },
+                None => pending.push(s),
+            }
+        }
+        let acked = msg.qos != QoS::AtMostOnce;
+        let born = Instant::now();
         let sent_to: Option<Arc<[NodeId]>> =
-            (nodes.len() > 1).then(|| nodes.iter().copied().collect());
-        for &node in &nodes {
-            let ack = (msg.qos != QoS::AtMostOnce).then(|| {
+            (targets.len() > 1).then(|| targets.iter().map(|(n, _)| *n).collect());
+        let reached = targets.len() + usize::from(!pending.is_empty());
+        for (node, shards) in targets {
+            let ack = acked.then(|| {
                 let (tx, rx) = oneshot::channel();
                 acks.push(AckWait::Durable(rx));
                 tx
             });
-            let copy = Copy { msg: msg.clone(), ack, tries: 0, sent_to: sent_to.clone() };
+            let copy = Copy {
+                msg: msg.clone(),
+                ack,
+                tries: 0,
+                sent_to: sent_to.clone(),
+                shards,
+                only: false,
+                born,
+            };
             if let Err(e) = self.queue(node).try_send(copy) {
                 self.metrics.forwarded.with_label_values(&["overflow"]).inc();
-                let copy = match e {
+                let mut copy = match e {
                     mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
                 };
-                if let Some(a) = copy.ack {
+                if copy.ack.is_some() && !copy.shards.is_empty() {
+                    // The shard's sessions are stored elsewhere or later, not dropped.
+                    copy.only = true;
+                    tokio::spawn(self.clone().reroute(copy, node));
+                } else if let Some(a) = copy.ack {
                     let _ = a.send(Ok(()));
                 }
             }
         }
-        nodes.len()
+        skip.extend_from_slice(&pending);
+        if acked && !pending.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            acks.push(AckWait::Durable(rx));
+            let copy = Copy {
+                msg: msg.clone(),
+                ack: Some(tx),
+                tries: 0,
+                sent_to,
+                shards: pending,
+                only: true,
+                born,
+            };
+            tokio::spawn(self.clone().reroute(copy, self.me));
+        }
+        reached
+    }
+
+    fn persistent_subscribed(&self, client: &Arc<str>, filter: &str) {
+        let Some(shard) = self.shard_for(client) else { return };
+        let mut local = self.local.lock();
+        if local.shard_add(shard, filter, client) {
+            self.changed.send_replace(local.seq());
+        }
+    }
+
+    fn persistent_unsubscribed(&self, client: &str, filter: &str) {
+        let Some(shard) = self.shard_for(client) else { return };
+        let mut local = self.local.lock();
+        if local.shard_remove(shard, filter, client) {
+            self.changed.send_replace(local.seq());
+        }
+    }
+
+    fn claim_shard(&self, shard: u32) {
+        self.serving.write().remove(&shard);
+        self.local.lock().shard_claim(shard);
+    }
+
+    fn claimed_shard(&self, shard: u32, term: u64) {
+        self.peers.write().claimed_here(self.me, shard, term);
+        let mut local = self.local.lock();
+        local.shard_claimed(shard, term);
+        self.changed.send_replace(local.seq());
+        self.serving.write().insert(shard);
+    }
+
+    fn release_shard(&self, shard: u32) {
+        self.serving.write().remove(&shard);
+        self.local.lock().shard_release(shard);
     }
 }
