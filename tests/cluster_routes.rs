@@ -141,3 +141,57 @@ async fn a_publish_right_after_the_suback_is_never_missed() {
     );
     c.shutdown().await;
 }
+
+/// A retained message published on one node is what a subscriber on every other node
+/// gets when it subscribes, and clearing it there clears it everywhere: each node's
+/// retained index follows its replicas of the shards as they apply the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let topic = "retained/across/1";
+    let mut publ = connected(c.node(0), "ret-pub").await;
+    let mut set = match publish(topic, QoS::AtLeastOnce, 1, "kept") {
+        Packet::Publish(p) => p,
+        p => panic!("{p:?}"),
+    };
+    set.retain = true;
+    publ.send(&Packet::Publish(set.clone())).await;
+    match acked(&mut publ).await {
+        Packet::PubAck(a) => assert!(!a.reason.is_error(), "{a:?}"),
+        p => panic!("{p:?}"),
+    }
+    // A subscriber on each other node gets it (a replica may apply it a moment after
+    // the PUBACK: a new subscriber tries again for up to 5 s).
+    for n in [1, 2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            let mut s = connected(c.node(n), &format!("ret-sub-{n}")).await;
+            s.send(&subscribe(1, &[("retained/across/#", QoS::AtLeastOnce)], None)).await;
+            if let Some(p) = s.publish_within(Duration::from_millis(300)).await {
+                break p;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {n} has no retained message");
+        };
+        assert_eq!(&got.payload[..], b"kept");
+        assert!(got.retain, "{got:?}");
+    }
+    // Cleared on node 0: no new subscriber anywhere gets it.
+    set.payload = bytes::Bytes::new();
+    set.pkid = 2;
+    publ.send(&Packet::Publish(set)).await;
+    assert!(matches!(acked(&mut publ).await, Packet::PubAck(_)));
+    for n in [1, 2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = connected(c.node(n), &format!("ret-late-{n}")).await;
+            s.send(&subscribe(1, &[("retained/across/#", QoS::AtLeastOnce)], None)).await;
+            match s.publish_within(Duration::from_millis(300)).await {
+                None => break,
+                Some(p) => assert_eq!(&p.payload[..], b"kept", "{p:?}"),
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {n} kept the cleared message");
+        }
+    }
+    c.shutdown().await;
+}

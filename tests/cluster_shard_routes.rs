@@ -43,10 +43,24 @@ async fn offline_subscriber(c: &TestCluster, via: usize) -> String {
 /// an error (0x10 "no matching subscribers" counts as acknowledged: it would be a loss).
 /// A closed connection is opened again; a message without an answer is not counted.
 async fn publish_numbered(node: &homeport::node::Node, id: &str, n: u32) -> BTreeSet<u32> {
+    publish_until(node, id, n, || false).await
+}
+
+/// [`publish_numbered`], stopping early once `done()` holds or the node no longer
+/// accepts the publisher.
+async fn publish_until(
+    node: &homeport::node::Node,
+    id: &str,
+    n: u32,
+    done: impl Fn() -> bool,
+) -> BTreeSet<u32> {
     let mut acked = BTreeSet::new();
     let mut p =
         Raw::connected(node, connect_packet(id, Protocol::V5, true, Default::default())).await;
     for i in 0..n {
+        if done() {
+            break;
+        }
         let pkid = (i % 60_000 + 1) as u16;
         p.send(&publish(TOPIC, QoS::AtLeastOnce, pkid, &format!("m{i}"))).await;
         let answer = tokio::time::timeout(Duration::from_secs(15), async {
@@ -68,8 +82,13 @@ async fn publish_numbered(node: &homeport::node::Node, id: &str, n: u32) -> BTre
             }
             Some(_) => {}
             None => {
-                p = Raw::connected(node, connect_packet(id, Protocol::V5, true, Default::default()))
-                    .await
+                p = Raw::open(node).await;
+                let c = connect_packet(id, Protocol::V5, true, Default::default());
+                match p.connect_retrying(c).await {
+                    Packet::ConnAck(a) if a.reason == ReasonCode::Success => {}
+                    // A drained node sends its clients away and refuses new ones.
+                    _ => break,
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -158,5 +177,44 @@ async fn messages_acknowledged_after_the_sessions_leader_is_lost_are_queued() {
     let got = drained(c.node(w), &id).await;
     assert_eq!(missing(&acked, &got), Vec::<u32>::new(), "acknowledged but not queued");
     c.heal();
+    c.shutdown().await;
+}
+
+/// Node L leads the session's shard and is drained: it hands its groups off one at a
+/// time and keeps its clients until it leads none. A publisher on L itself keeps
+/// publishing after the session's shard has left L (L's trie no longer has the
+/// session): L finds the session through the shard's routes, at the shard's new
+/// leader. Every acknowledged message reaches the session's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_published_on_the_old_leader_after_the_shard_left_it_are_queued() {
+    let c = TestCluster::start_static(3).await;
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let l = c.leader_of(1).expect("shard 1 has a leader");
+    let w = (l + 1) % 3;
+    let id = offline_subscriber(&c, w).await;
+    let shards = c.cfgs[0].raft.shards;
+    let publisher = thing_in_shard(1, shards, "shard-routes-pub");
+
+    let moved_at = std::sync::Mutex::new(None::<tokio::time::Instant>);
+    let done = || {
+        let mut m = moved_at.lock().unwrap();
+        if m.is_none() && !c.node(l).groups.is_leader(1) {
+            *m = Some(tokio::time::Instant::now());
+        }
+        m.is_some_and(|t| t.elapsed() > Duration::from_millis(1500))
+    };
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let admin = c.node(l).admin_addr.unwrap();
+        let path = format!("/api/cluster/members/{}/drain", l + 1);
+        let (status, body) = common::http(admin, "POST", &path, "").await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let (acked, ()) = tokio::join!(publish_until(c.node(l), &publisher, 3000, done), drain);
+    let moved = moved_at.lock().unwrap().is_some();
+    assert!(moved, "shard 1 left L while the publisher published there");
+    assert!(acked.len() > 10, "acknowledged: {}", acked.len());
+    let got = drained(c.node(w), &id).await;
+    assert_eq!(missing(&acked, &got), Vec::<u32>::new(), "acknowledged but not queued");
     c.shutdown().await;
 }

@@ -40,6 +40,13 @@ impl Retained {
         }
     }
 
+    /// Clears the retained message of `topic`.
+    pub fn clear(&mut self, topic: &str) {
+        if let Some(old) = self.by_topic.remove(topic) {
+            self.bytes = self.bytes.saturating_sub(size(&old));
+        }
+    }
+
     /// Whether `msg` may be applied within `limits`: clearing always may; setting may if
     /// the count and bytes after it are within the limits, or it does not grow them.
     pub fn admits(&self, msg: &Message, limits: RetainLimits) -> bool {

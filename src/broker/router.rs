@@ -179,6 +179,34 @@ impl Router {
         })
     }
 
+    /// An applied change to retained messages in a shard this node replicates (a
+    /// cluster: published on any node; in Raft order, so every replica's index ends as
+    /// the log does, whatever this node applied early from its own publishes).
+    pub fn apply_retained(&self, change: crate::raft::RetainedChange<'_>) {
+        use crate::raft::RetainedChange;
+        let mut r = self.retained.write();
+        match change {
+            RetainedChange::Put { topic: _, msg: Some(m) } => {
+                r.apply(&Arc::new(m.clone().into_message(None)));
+            }
+            RetainedChange::Put { topic, msg: None } => r.clear(topic),
+            RetainedChange::Reset { group } => match self.sessions.retained() {
+                Ok(all) => {
+                    let mut fresh = Retained::default();
+                    for m in all {
+                        fresh.apply(&Arc::new(m.into_message(None)));
+                    }
+                    *r = fresh;
+                }
+                Err(e) => {
+                    tracing::error!(message = "retained messages not reloaded", group, error = %e)
+                }
+            },
+        }
+        self.metrics.retained.set(r.len() as i64);
+        self.metrics.retained_bytes.set(r.bytes() as i64);
+    }
+
     /// Connects the router to the cluster's forwarding. Called once at start-up, before
     /// any subscription exists.
     pub fn set_forwarder(&self, f: Arc<dyn Forwarder>) {
@@ -325,6 +353,8 @@ impl Router {
         scope: Option<&ShardScope>,
     ) -> Routed {
         let mut matches = self.trie.read().matches(&msg.topic, |s| s.0.is_online());
+        // Sessions skipped below do subscribe here: the route was not stale.
+        routed.found += matches.len();
         if let Some(sc) = scope {
             let shard = |m: &crate::broker::trie::Match<SlotRef>| {
                 (m.group.is_none() && m.key.0.route().persistent)
@@ -342,7 +372,6 @@ impl Router {
             });
             routed.shards_missing = sc.expect.iter().any(|s| !found.contains(s));
         }
-        routed.found += matches.len();
         // Overlapping subscriptions of one session: one copy at the highest QoS with all
         // subscription identifiers. Few matches (the common case) are deduplicated by a
         // linear scan; a map is built only for large fan-outs.

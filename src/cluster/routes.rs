@@ -153,9 +153,15 @@ impl LocalRoutes {
     }
 
     /// This node stopped serving `shard`. Nothing is announced: the peers keep the set
-    /// until the next leader's replaces it.
-    pub fn shard_release(&mut self, shard: u32) {
-        self.shards.remove(&shard);
+    /// until the next leader's replaces it. Returns the set as last claimed (term and
+    /// filters), for this node to keep as the peers do.
+    pub fn shard_release(&mut self, shard: u32) -> Option<ShardRoutes> {
+        let s = self.shards.remove(&shard)?;
+        (!s.claiming && s.term > 0).then(|| ShardRoutes {
+            shard,
+            term: s.term,
+            filters: s.filters.into_keys().collect(),
+        })
     }
 
     /// Whether this node serves `shard` (claimed and restored).
@@ -350,10 +356,11 @@ impl PeerRoutes {
         shards.insert(shard, PeerShard { owner: node, term, filters });
     }
 
-    /// This node claims `shard` in `term`: the peers' sets of earlier terms are stale
-    /// (this node's own subscriptions serve it now).
-    pub fn claimed_here(&mut self, me: u64, shard: u32, term: u64) {
-        Self::put_shard(&mut self.shards, &mut self.shard_trie, me, shard, term, Vec::new());
+    /// This node's own set for `shard` (claimed: the peers' sets of earlier terms are
+    /// stale; released: kept, as the peers keep it, until a later leader's replaces it).
+    pub fn own_shard(&mut self, me: u64, routes: ShardRoutes) {
+        let ShardRoutes { shard, term, filters } = routes;
+        Self::put_shard(&mut self.shards, &mut self.shard_trie, me, shard, term, filters);
     }
 
     /// The shards with a persistent session subscribed to a filter matching `topic`,
@@ -504,6 +511,10 @@ mod tests {
         assert!(matches!(l.update_for(Some(l.seq() + 5)), RouteUpdate::Full { .. }));
     }
 
+    fn l2_set(term: u64) -> ShardRoutes {
+        ShardRoutes { shard: 4, term, filters: vec!["t/x".into()] }
+    }
+
     #[test]
     fn a_shards_persistent_filters_outlive_their_announcer_until_a_later_term_replaces_them() {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("dev-a"), Arc::from("dev-b"));
@@ -548,8 +559,13 @@ mod tests {
         l1.shard_add(4, "u", &b);
         assert!(p.apply(1, l1.update_for(Some(3))).is_some());
         assert_eq!(p.shards_for("u"), Vec::<u32>::new(), "not the shard's owner");
-        // Released shards are not in the full set; nothing is withdrawn.
-        l2.shard_release(4);
+        // Released shards are not in the full set; nothing is withdrawn, and the node
+        // keeps its last set as the peers do.
+        let kept = l2.shard_release(4).expect("claimed in term 8");
+        assert_eq!((kept.term, kept.filters), (8, vec!["t/x".to_string()]));
+        let mut own = PeerRoutes::default();
+        own.own_shard(2, l2_set(8));
+        assert_eq!(own.shards_for("t/x"), vec![4]);
         assert!(!l2.serves(4));
         match l2.update_for(None) {
             RouteUpdate::Full { shards, .. } => assert!(shards.is_empty()),

@@ -387,6 +387,9 @@ pub struct WireMessage {
     pub shards: Vec<u32>,
     /// Deliver to those shards' persistent sessions only (a copy sent again for them).
     pub only: bool,
+    /// Shards whose persistent sessions this copy must not reach: another copy (or the
+    /// sender itself) is the one that delivers to them, so none gets it twice.
+    pub skip: Vec<u32>,
 }
 
 /// The answer to a [`Request`].

@@ -192,6 +192,14 @@ impl Node {
             // Before any subscription exists: the routes are announced from the first.
             parts.routing.set_router(&router);
             parts.routing.set_groups(&groups);
+            // Retained messages published on other nodes reach this node's index as its
+            // replicas apply them.
+            let r = Arc::downgrade(&router);
+            groups.retained_feed().set(move |c| {
+                if let Some(r) = r.upgrade() {
+                    r.apply_retained(c);
+                }
+            });
             router.set_forwarder(Arc::new(parts.routing.clone()));
         }
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));

@@ -40,7 +40,7 @@ pub use log_store::LogStore;
 pub use network::LocalOnly;
 pub use proposer::{Forward, ForwardError, MAX_BATCH};
 pub use session_store::SessionStore;
-pub use state_machine::StateMachine;
+pub use state_machine::{RetainedChange, RetainedFeed, StateMachine};
 pub use types::{Command, GroupId, Raft, Response, StoredShadow, TypeConfig};
 
 use crate::config::RaftConfig;
@@ -159,6 +159,7 @@ pub struct StartOptions {
 pub struct Groups {
     node: u64,
     groups: Vec<Group>,
+    retained: Arc<RetainedFeed>,
     metrics: Arc<Metrics>,
     forward: Arc<std::sync::OnceLock<Arc<dyn Forward>>>,
     heartbeat: Duration,
@@ -308,10 +309,11 @@ impl Groups {
         // election timeout may have been replaced already.
         let lease = Duration::from_millis(cfg.election_timeout_max_ms());
         let mut groups = Vec::with_capacity(cfg.shards as usize + 1);
+        let retained = Arc::new(RetainedFeed::default());
         for g in 0..=cfg.shards {
             let err = |reason: String| RaftStartError::Group { group: g, reason };
             let log_store = LogStore::open(log, g)?;
-            let sm = StateMachine::open(store, g)?;
+            let sm = StateMachine::open(store, g)?.feeding(retained.clone());
             let data = sm.tree();
             let access_epoch = sm.access_epoch();
             let rules_epoch = sm.rules_epoch();
@@ -378,6 +380,7 @@ impl Groups {
         Ok(Groups {
             node: opts.node,
             groups,
+            retained,
             metrics,
             forward,
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
@@ -433,6 +436,11 @@ impl Groups {
     /// Whether this node leads `group` now (as far as it knows).
     pub fn is_leader(&self, group: GroupId) -> bool {
         self.raft(group).is_some_and(|r| r.metrics().borrow().state == ServerState::Leader)
+    }
+
+    /// Where the shards' applied changes to retained messages go.
+    pub fn retained_feed(&self) -> &Arc<RetainedFeed> {
+        &self.retained
     }
 
     /// The Raft term of `group` on this node (0 for a group it does not have).

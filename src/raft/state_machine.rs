@@ -56,8 +56,55 @@ struct StoredSnapshot {
 /// A consistent copy of a group's state: applied id, membership and data entries.
 type Copy = (Option<LogId<NodeId>>, Membership, Vec<(Vec<u8>, Vec<u8>)>);
 
+/// Where applied changes to retained messages go: in a cluster each node's router keeps
+/// its retained index in Raft order from every shard it replicates, whichever node the
+/// message was published on.
+#[derive(Default)]
+pub struct RetainedFeed {
+    hook: std::sync::OnceLock<RetainedHook>,
+}
+
+type RetainedHook = Box<dyn Fn(RetainedChange<'_>) + Send + Sync>;
+
+/// One applied change to retained messages.
+pub enum RetainedChange<'a> {
+    /// The retained message of `topic` was set (`Some`) or cleared.
+    Put { topic: &'a str, msg: Option<&'a crate::broker::StoredMessage> },
+    /// A snapshot replaced `group`'s state: its retained messages are to be read again.
+    Reset { group: u32 },
+}
+
+impl RetainedFeed {
+    /// Sets where changes go (once; before, they go nowhere).
+    pub fn set(&self, f: impl Fn(RetainedChange<'_>) + Send + Sync + 'static) {
+        let _ = self.hook.set(Box::new(f));
+    }
+
+    fn send(&self, c: RetainedChange<'_>) {
+        if let Some(h) = self.hook.get() {
+            h(c);
+        }
+    }
+
+    fn applied(&self, cmd: &super::types::Command) {
+        use super::types::Command;
+        if self.hook.get().is_none() {
+            return;
+        }
+        match cmd {
+            Command::PutRetained { topic, msg } => {
+                self.send(RetainedChange::Put { topic, msg: msg.as_ref() })
+            }
+            Command::Batch(cmds) => cmds.iter().for_each(|c| self.applied(c)),
+            _ => {}
+        }
+    }
+}
+
 /// One group's state machine.
 pub struct StateMachine {
+    group: u32,
+    retained: Arc<RetainedFeed>,
     tree: sled::Tree,
     snapshots: Arc<AtomicU64>,
     /// Counts applied changes that bear on access decisions (see
@@ -73,11 +120,19 @@ impl StateMachine {
     pub fn open(store: &Store, group: u32) -> Result<StateMachine, StoreError> {
         let tree = store.db().open_tree(format!("raft.{group}.sm"))?;
         Ok(StateMachine {
+            group,
+            retained: Arc::new(RetainedFeed::default()),
             tree,
             snapshots: Arc::new(AtomicU64::new(0)),
             access_epoch: Arc::new(AtomicU64::new(0)),
             rules_epoch: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Sends the applied changes to retained messages to `feed`.
+    pub fn feeding(mut self, feed: Arc<RetainedFeed>) -> StateMachine {
+        self.retained = feed;
+        self
     }
 
     /// The counter of applied changes to credentials, certificates, policies and the
@@ -136,6 +191,9 @@ impl StateMachine {
         }
         if matches!(&entry.payload, EntryPayload::Normal(cmd) if machine::touches_rules(cmd)) {
             self.rules_epoch.fetch_add(1, Ordering::Release);
+        }
+        if let EntryPayload::Normal(cmd) = &entry.payload {
+            self.retained.applied(cmd);
         }
         Ok(resp)
     }
@@ -212,6 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree.flush_async().await.map_err(sm_write)?;
         self.access_epoch.fetch_add(1, Ordering::Release);
         self.rules_epoch.fetch_add(1, Ordering::Release);
+        self.retained.send(RetainedChange::Reset { group: self.group });
         Ok(())
     }
 

@@ -35,8 +35,8 @@
 //! "late"}`) and later SUBACKs do not wait for it until its next sync succeeds.
 //!
 //! Not forwarded yet: shared subscriptions (a group is served by the members on the
-//! node a message enters) and retained state (each node's retained index is loaded
-//! from its replicas and updated by the publishes entering it).
+//! node a message enters). Retained state is not forwarded: each node's retained index
+//! follows its replicas of the shards (`crate::raft::RetainedFeed`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -50,7 +50,7 @@ mod reroute;
 use crate::broker::{AckWait, Forwarder, Message, Router, ShardScope, StoredMessage};
 use crate::cluster::liveness::{Change, Liveness};
 use crate::cluster::metrics::ClusterMetrics;
-use crate::cluster::routes::{LocalRoutes, PeerRoutes, RouteUpdate};
+use crate::cluster::routes::{LocalRoutes, PeerRoutes, RouteUpdate, ShardRoutes};
 use crate::cluster::transport::{Class, Transport};
 use crate::cluster::wire::{Answer, NodeId, Request, WireError, WireMessage};
 use crate::mqtt::QoS;
@@ -86,6 +86,10 @@ struct Copy {
     shards: Vec<u32>,
     /// For those sessions only (a copy sent again for them: the others had theirs).
     only: bool,
+    /// Shards whose sessions this copy must not reach: each matched shard's sessions
+    /// are reached through one path only (the copy to the node that leads it, as this
+    /// node knows), so that a stale view of the leader costs a retry, not a duplicate.
+    skip: Vec<u32>,
     /// When the message entered here; copies for shards are tried again until
     /// [`Routing::shard_patience`] after it.
     born: Instant,
@@ -366,22 +370,24 @@ impl Routing {
         let shard_of = |c: &str| groups.as_ref().map_or(0, |g| g.shard_of(c));
         for (i, w) in msgs.into_iter().enumerate() {
             let msg = Arc::new(w.msg.into_message(w.origin.map(Arc::from)));
-            let missed = if w.shards.is_empty() {
+            let missed = if w.shards.is_empty() && w.skip.is_empty() {
                 let routed = router.publish_forwarded(msg);
                 acks.extend(routed.acks);
                 routed.found == 0
             } else {
                 // A shard not restored here yet: its sessions get the copy sent again
                 // once it is (the sender tries until then), not a part of it now.
-                let (expect, skip): (Vec<u32>, Vec<u32>) = {
+                let (expect, mut skip): (Vec<u32>, Vec<u32>) = {
                     let serving = self.serving.read();
                     w.shards.iter().partition(|s| serving.contains(s))
                 };
+                let unserved = !skip.is_empty();
+                skip.extend_from_slice(&w.skip);
                 let scope =
                     ShardScope { expect: &expect, skip: &skip, only: w.only, shard_of: &shard_of };
                 let routed = router.publish_forwarded_scoped(msg, &scope);
                 acks.extend(routed.acks);
-                routed.shards_missing || !skip.is_empty()
+                routed.shards_missing || unserved || (w.shards.is_empty() && routed.found == 0)
             };
             if missed {
                 unmatched.push(i as u32);
@@ -472,6 +478,7 @@ impl Link {
                     origin: c.msg.origin.as_deref().map(str::to_string),
                     shards: c.shards.clone(),
                     only: c.only,
+                    skip: c.skip.clone(),
                 })
                 .collect();
             let n = msgs.len() as u64;
@@ -583,7 +590,16 @@ impl Forwarder for Arc<Routing> {
         let sent_to: Option<Arc<[NodeId]>> =
             (targets.len() > 1).then(|| targets.iter().map(|(n, _)| *n).collect());
         let reached = targets.len() + usize::from(!pending.is_empty());
+        // Each matched shard's sessions are reached through one path: every other copy,
+        // and this node's own trie unless it serves the shard, skips them.
+        let all: Vec<u32> = targets
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .chain(pending.iter().copied())
+            .collect();
+        skip.extend_from_slice(&all);
         for (node, shards) in targets {
+            let others: Vec<u32> = all.iter().copied().filter(|s| !shards.contains(s)).collect();
             let ack = acked.then(|| {
                 let (tx, rx) = oneshot::channel();
                 acks.push(AckWait::Durable(rx));
@@ -596,6 +612,7 @@ impl Forwarder for Arc<Routing> {
                 sent_to: sent_to.clone(),
                 shards,
                 only: false,
+                skip: others,
                 born,
             };
             if let Err(e) = self.queue(node).try_send(copy) {
@@ -612,7 +629,6 @@ impl Forwarder for Arc<Routing> {
                 }
             }
         }
-        skip.extend_from_slice(&pending);
         if acked && !pending.is_empty() {
             let (tx, rx) = oneshot::channel();
             acks.push(AckWait::Durable(rx));
@@ -623,6 +639,7 @@ impl Forwarder for Arc<Routing> {
                 sent_to,
                 shards: pending,
                 only: true,
+                skip: Vec::new(),
                 born,
             };
             tokio::spawn(self.clone().reroute(copy, self.me));
@@ -652,7 +669,8 @@ impl Forwarder for Arc<Routing> {
     }
 
     fn claimed_shard(&self, shard: u32, term: u64) {
-        self.peers.write().claimed_here(self.me, shard, term);
+        let own = ShardRoutes { shard, term, filters: Vec::new() };
+        self.peers.write().own_shard(self.me, own);
         let mut local = self.local.lock();
         local.shard_claimed(shard, term);
         self.changed.send_replace(local.seq());
@@ -661,6 +679,10 @@ impl Forwarder for Arc<Routing> {
 
     fn release_shard(&self, shard: u32) {
         self.serving.write().remove(&shard);
-        self.local.lock().shard_release(shard);
+        // Publishes entering here find the shard's sessions at its next leader.
+        let last = self.local.lock().shard_release(shard);
+        if let Some(set) = last {
+            self.peers.write().own_shard(self.me, set);
+        }
     }
 }

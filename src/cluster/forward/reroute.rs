@@ -36,7 +36,21 @@ impl Routing {
         tokio::time::sleep(REROUTE_WAIT * u32::from(copy.tries)).await;
         copy.tries += 1;
         if let Some(router) = self.router.get().and_then(Weak::upgrade) {
-            let routed = router.publish_forwarded(copy.msg.clone());
+            let routed = match self.groups().filter(|_| !copy.skip.is_empty()) {
+                // Sessions of the shards another path reaches are not this copy's.
+                Some(g) => {
+                    let shard_of = |c: &str| g.shard_of(c);
+                    let scope = ShardScope {
+                        expect: &[],
+                        skip: &copy.skip,
+                        only: false,
+                        shard_of: &shard_of,
+                    };
+                    router.publish_forwarded_scoped(copy.msg.clone(), &scope)
+                }
+                None => router.publish_forwarded(copy.msg.clone()),
+            };
+            drop(router);
             if routed.found > 0 {
                 let within = self.timeout / 2;
                 let mut result = Ok(());
@@ -87,6 +101,7 @@ impl Routing {
                 sent_to: sent_to.clone(),
                 shards: Vec::new(),
                 only: false,
+                skip: copy.skip.clone(),
                 born: copy.born,
             };
             if self.queue(n).try_send(c).is_ok() {
@@ -187,6 +202,14 @@ impl Routing {
         for (n, shards) in remote {
             let (tx, rx) = oneshot::channel();
             let full = new_nodes.contains(&n);
+            // A full copy skips every shard another path reaches.
+            let skip = copy
+                .skip
+                .iter()
+                .chain(&copy.shards)
+                .copied()
+                .filter(|s| !shards.contains(s))
+                .collect();
             let c = Copy {
                 msg: copy.msg.clone(),
                 ack: Some(tx),
@@ -194,6 +217,7 @@ impl Routing {
                 sent_to: sent_to.clone(),
                 only: !full,
                 shards,
+                skip,
                 born: copy.born,
             };
             match self.queue(n).try_send(c) {
@@ -227,6 +251,7 @@ impl Routing {
                 sent_to: sent_to.clone(),
                 shards: pending,
                 only: true,
+                skip: Vec::new(),
                 born: copy.born,
             };
             waits.push(rx);
