@@ -270,3 +270,41 @@ async fn connect_and_disconnect_events_reach_rules() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// `get_thing_shadow` reads the device's shadow on the node the message entered: a rule
+/// puts the reported temperature of the publisher's shadow into what it republishes,
+/// and a thing without a shadow gives Undefined (left out of the row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_reads_the_publishers_shadow() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let a = node.admin_addr.unwrap();
+    let doc = json!({"state": {"reported": {"temp": 21}, "desired": {"temp": 19}}});
+    let (status, resp) = http(a, "POST", "/api/things/lamp-7/shadow", &doc.to_string()).await;
+    assert_eq!(status, 200, "{resp}");
+    let sql = r#"SELECT clientid, get_thing_shadow(clientid).state.reported.temp AS reported,
+        get_thing_shadow(clientid).version AS version FROM "ping/+""#;
+    let body = json!({
+        "name": "with-shadow",
+        "sql": sql,
+        "actions": [{"republish": {"topic": "shadowed/${clientid}", "qos": 1}}],
+    });
+    let (status, resp) = http(a, "POST", "/api/rules", &body.to_string()).await;
+    assert_eq!(status, 201, "{resp}");
+    let (sub, mut sev) = client(port(&node), "shadow-watch").await;
+    subscribed(&sub, &mut sev, "shadowed/#").await;
+    for id in ["lamp-7", "no-shadow"] {
+        let (p, mut pev) = client(port(&node), id).await;
+        p.publish(format!("ping/{id}"), RQoS::AtLeastOnce, false, "{}").await.unwrap();
+        acked(&mut pev, 1).await;
+        let got = next_publish(&mut sev, Duration::from_secs(5)).await.expect("republished");
+        assert_eq!(got.topic, format!("shadowed/{id}"));
+        let row = v(std::str::from_utf8(&got.payload).unwrap());
+        if id == "lamp-7" {
+            assert_eq!(row, json!({"clientid": "lamp-7", "reported": 21, "version": 1}), "{row}");
+        } else {
+            assert_eq!(row, json!({"clientid": "no-shadow"}), "{row}");
+        }
+    }
+    node.shutdown().await.unwrap();
+}

@@ -203,6 +203,7 @@ impl Node {
             router.set_forwarder(Arc::new(parts.routing.clone()));
         }
         let shadows = Arc::new(Shadows::new(groups.clone(), cfg.shadow.clone(), metrics.clone()));
+        let shadow_reader = shadows.clone();
         let jobs = Arc::new(Jobs::new(groups.clone(), metrics.clone(), cfg.jobs.minute_ms));
         let devices = Arc::new(Devices::new());
         let dctx = DeviceCtx {
@@ -265,6 +266,7 @@ impl Node {
             metrics.registry(),
             node_name,
         );
+        rules.set_shadows(shadow_reader);
         if cfg.rules.enabled {
             rules.spawn_reloader(shutdown_rx.clone());
             router.set_rules(rules.clone());

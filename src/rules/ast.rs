@@ -51,6 +51,8 @@ pub enum Expr {
         otherwise: Option<Box<Expr>>,
     },
     Call(String, Vec<Expr>),
+    /// A step into a function's result: `get_thing_shadow(t).state.reported`.
+    Get(Box<Expr>, Vec<Seg>),
 }
 
 /// A step into a value: a key, or an index.
@@ -143,16 +145,11 @@ impl fmt::Display for Expr {
             }
             Expr::Path(root, segs) => {
                 name(f, root)?;
-                for s in segs {
-                    match s {
-                        Seg::Key(k) => {
-                            f.write_str(".")?;
-                            name(f, k)?;
-                        }
-                        Seg::Index(i) => write!(f, "[{i}]")?,
-                    }
-                }
-                Ok(())
+                segments(f, segs)
+            }
+            Expr::Get(e, segs) => {
+                write!(f, "{e}")?;
+                segments(f, segs)
             }
             Expr::Unary(UnOp::Neg, e) => write!(f, "-({e})"),
             Expr::Unary(UnOp::Not, e) => write!(f, "(NOT ({e}))"),
@@ -191,6 +188,19 @@ impl fmt::Display for Expr {
             }
         }
     }
+}
+
+fn segments(f: &mut fmt::Formatter<'_>, segs: &[Seg]) -> fmt::Result {
+    for s in segs {
+        match s {
+            Seg::Key(k) => {
+                f.write_str(".")?;
+                name(f, k)?;
+            }
+            Seg::Index(i) => write!(f, "[{i}]")?,
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Field {

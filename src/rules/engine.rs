@@ -135,6 +135,8 @@ pub struct RuleEngine {
     compiled_at: AtomicU64,
     metrics: RuleMetrics,
     node: String,
+    /// Where `get_thing_shadow` reads (set once at start-up).
+    shadows: std::sync::OnceLock<Arc<dyn super::ShadowReader + Send + Sync>>,
 }
 
 impl RuleEngine {
@@ -145,9 +147,19 @@ impl RuleEngine {
             compiled_at: AtomicU64::new(u64::MAX),
             metrics: RuleMetrics::new(registry),
             node,
+            shadows: std::sync::OnceLock::new(),
         });
         e.reload();
         e
+    }
+
+    /// Gives `get_thing_shadow` its reader.
+    pub fn set_shadows(&self, r: Arc<dyn super::ShadowReader + Send + Sync>) {
+        let _ = self.shadows.set(r);
+    }
+
+    fn shadow_reader(&self) -> Option<&dyn super::ShadowReader> {
+        self.shadows.get().map(|r| &**r as &dyn super::ShadowReader)
     }
 
     pub fn store(&self) -> &RuleStore {
@@ -221,6 +233,7 @@ impl RuleEngine {
         input.now_ms = now;
         input.node = &self.node;
         input.user_props = &msg.props.user_properties;
+        input.shadows = self.shadow_reader();
         run_rules(&set, &hits, &input, router, routed);
     }
 
@@ -273,6 +286,7 @@ impl RuleEngine {
         input.now_ms = now;
         input.node = &self.node;
         input.extra = extra;
+        input.shadows = self.shadow_reader();
         // Events are acknowledged to nobody: what their actions write is not waited for.
         run_rules(&set, &hits, &input, router, &mut Routed::default());
     }

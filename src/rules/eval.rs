@@ -262,6 +262,7 @@ impl Planner {
                     .collect(),
                 otherwise: otherwise.as_deref().map(b),
             },
+            Expr::Get(e, segs) => Node::Get(b(e), self.steps(segs, scope)),
             Expr::Call(name, args) => {
                 let args = args.iter().map(|a| self.node(a, scope)).collect();
                 match functions::lookup(name) {

@@ -345,7 +345,13 @@ impl Parser<'_> {
                     return Ok(Expr::Call("cast".into(), vec![e, ty]));
                 }
                 if self.eat(&Tok::LParen) {
-                    return self.call(w, at);
+                    let call = self.call(w, at)?;
+                    let segs = self.segments()?;
+                    return Ok(if segs.is_empty() {
+                        call
+                    } else {
+                        Expr::Get(Box::new(call), segs)
+                    });
                 }
                 self.path(w)
             }
@@ -382,6 +388,11 @@ impl Parser<'_> {
     }
 
     fn path(&mut self, root: String) -> Result<Expr, RuleError> {
+        Ok(Expr::Path(root, self.segments()?))
+    }
+
+    /// `.key` and `[index]` steps, as many as follow.
+    fn segments(&mut self) -> Result<Vec<Seg>, RuleError> {
         let mut segs = Vec::new();
         loop {
             if self.eat(&Tok::Dot) {
@@ -398,7 +409,7 @@ impl Parser<'_> {
                 self.expect(&Tok::RBracket, "`]`")?;
                 segs.push(Seg::Index(i));
             } else {
-                return Ok(Expr::Path(root, segs));
+                return Ok(segs);
             }
         }
     }
@@ -587,6 +598,10 @@ mod tests {
                         }),
                     prop::collection::vec(inner.clone(), 1..3)
                         .prop_map(|a| Expr::Call("concat".into(), a)),
+                    (inner.clone(), "[a-z]{1,4}").prop_map(|(a, k)| Expr::Get(
+                        Box::new(Expr::Call("json_decode".into(), vec![a])),
+                        vec![Seg::Key(k), Seg::Index(Expr::Int(0))]
+                    )),
                     prop::collection::vec(inner, 0..3).prop_map(Expr::Array),
                 ]
             })

@@ -123,6 +123,16 @@ impl Shadows {
         cache.get_mut(name).ok_or_else(internal)
     }
 
+    /// The shadow document of `thing` (`name`: a named shadow) as this node's replica of
+    /// its shard holds it, in the shape of a GET answer; None if it does not exist, or
+    /// this node holds no replica of the shard.
+    pub fn read_local(&self, thing: &str, name: &str) -> Option<Value> {
+        let tree = self.groups.data(self.groups.shard_of(thing))?;
+        let stored = machine::read_shadow(tree, thing, name).ok()??;
+        let shadow = Shadow::from_stored(stored.version, stored.doc.as_deref()?).ok()?;
+        Some(shadow.get_response(now_s(crate::broker::now_ms()), None))
+    }
+
     /// Named shadows of `thing` that exist now.
     fn named_count(&self, thing: &str) -> usize {
         let Some(tree) = self.groups.data(self.groups.shard_of(thing)) else { return 0 };
@@ -299,4 +309,13 @@ impl Shadows {
 
 fn internal() -> Rejection {
     Rejection::new(500, "Internal service failure")
+}
+
+/// `get_thing_shadow(thing[, name])` in rules: the local replica's document (a read that
+/// may trail the shard's leader by the replication delay; no Raft round trip on the
+/// publish path).
+impl crate::rules::ShadowReader for Shadows {
+    fn shadow(&self, thing: &str, name: Option<&str>) -> Option<Value> {
+        self.read_local(thing, name.unwrap_or(""))
+    }
 }
