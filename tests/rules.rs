@@ -308,3 +308,30 @@ async fn a_rule_reads_the_publishers_shadow() {
     }
     node.shutdown().await.unwrap();
 }
+
+/// The `username` and `peerhost` columns of a message are its publisher's CONNECT user
+/// name and IP address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_sees_the_publishers_username_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let a = node.admin_addr.unwrap();
+    let body = json!({
+        "name": "who",
+        "sql": r#"SELECT clientid, username, peerhost FROM "who/+""#,
+        "actions": [{"republish": {"topic": "seen/${clientid}", "qos": 1}}],
+    });
+    let (status, resp) = http(a, "POST", "/api/rules", &body.to_string()).await;
+    assert_eq!(status, 201, "{resp}");
+    let (sub, mut sev) = client(port(&node), "who-watch").await;
+    subscribed(&sub, &mut sev, "seen/#").await;
+    let mut o = MqttOptions::new("named-dev", "127.0.0.1", port(&node));
+    o.set_credentials("alice", "");
+    let (p, mut pev) = AsyncClient::new(o, 10);
+    p.publish("who/x", RQoS::AtLeastOnce, false, "{}").await.unwrap();
+    acked(&mut pev, 1).await;
+    let got = next_publish(&mut sev, Duration::from_secs(5)).await.expect("republished");
+    let row = v(std::str::from_utf8(&got.payload).unwrap());
+    assert_eq!(row, json!({"clientid": "named-dev", "username": "alice", "peerhost": "127.0.0.1"}));
+    node.shutdown().await.unwrap();
+}

@@ -30,6 +30,18 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// Client id of the publisher, for no-local subscriptions.
     pub origin: Option<Arc<str>>,
+    /// Who published it, for rules that read `username` / `peerhost`: set only when a
+    /// rule's source matches the topic (an allocation per such message, none otherwise).
+    pub publisher: Option<Arc<Publisher>>,
+}
+
+/// The connection a message came from, as rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The CONNECT packet's user name.
+    pub username: Option<Arc<str>>,
+    /// The client's IP address, as text.
+    pub peerhost: String,
 }
 
 impl Message {
@@ -125,6 +137,7 @@ impl StoredMessage {
             },
             expires_at_ms: self.expires_at_ms,
             origin,
+            publisher: None,
         }
     }
 }
@@ -153,6 +166,7 @@ pub(crate) fn test_delivery(qos: QoS, byte: u8) -> Delivery {
             props: Default::default(),
             expires_at_ms: None,
             origin: None,
+            publisher: None,
         }),
         qos,
         retain: false,

@@ -16,7 +16,9 @@ pub mod trie;
 
 #[cfg(test)]
 pub(crate) use message::test_delivery;
-pub use message::{app_properties, now_ms, Delivery, Message, StoredMessage, StoredProps};
+pub use message::{
+    app_properties, now_ms, Delivery, Message, Publisher, StoredMessage, StoredProps,
+};
 pub use outq::{next_conn_id, ConnQueue, Offer};
 pub use retained::{RetainLimits, Retained};
 pub use router::{AckWait, Forwarder, Routed, Router, ShardScope, SubscribeOutcome};

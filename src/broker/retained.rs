@@ -96,6 +96,7 @@ mod tests {
             props: Default::default(),
             expires_at_ms: None,
             origin: None,
+            publisher: None,
         })
     }
 

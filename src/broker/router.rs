@@ -726,5 +726,6 @@ fn broker_message(topic: &str, payload: &serde_json::Value) -> Arc<Message> {
         props: Default::default(),
         expires_at_ms: None,
         origin: None,
+        publisher: None,
     })
 }

@@ -113,6 +113,7 @@ mod tests {
             },
             expires_at_ms: Some(99),
             origin: None,
+            publisher: None,
         };
         Delivery {
             msg: Arc::new(msg),

@@ -49,6 +49,7 @@ pub fn spawn(
                     props: Properties::default(),
                     expires_at_ms: None,
                     origin: None,
+                    publisher: None,
                 };
                 if let Err(e) = router.publish(Arc::new(msg)) {
                     tracing::warn!(message = "$SYS publish failed", error = %e);

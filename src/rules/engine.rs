@@ -233,6 +233,10 @@ impl RuleEngine {
         input.now_ms = now;
         input.node = &self.node;
         input.user_props = &msg.props.user_properties;
+        if let Some(p) = &msg.publisher {
+            input.username = p.username.as_deref();
+            input.peerhost = Some(&p.peerhost);
+        }
         input.shadows = self.shadow_reader();
         run_rules(&set, &hits, &input, router, routed);
     }
@@ -369,6 +373,7 @@ fn run(
                 props: Default::default(),
                 expires_at_ms: None,
                 origin: None,
+                publisher: None,
             });
             let mut out = router.publish(msg).map_err(|e| e.to_string())?;
             routed.acks.append(&mut out.acks);

@@ -128,6 +128,7 @@ pub fn negotiate(c: &Connect, ctx: &ConnCtx) -> Result<Negotiated, ReasonCode> {
                     .message_expiry_interval
                     .map(|s| now + u64::from(s) * 1000),
                 origin: None,
+                publisher: None,
             });
             Some(Box::new(StoredWill {
                 msg,

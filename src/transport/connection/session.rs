@@ -133,6 +133,9 @@ struct Conn {
     limiter: Option<Box<ConnLimiter>>,
     /// When the client last sent anything (keep-alive).
     last_read: Instant,
+    /// CONNECT's user name and the client's address, for rules' `username` / `peerhost`.
+    username: Option<Arc<str>>,
+    peer_ip: std::net::IpAddr,
 }
 
 /// Serves one device connection from CONNECT to close.
@@ -288,6 +291,8 @@ async fn open<S: DeviceIo>(
         _address: address,
         limiter: ConnLimiter::new(limits, std::time::Instant::now()),
         last_read: Instant::now(),
+        username: connect.username.as_deref().map(Arc::from),
+        peer_ip: peer.addr.ip(),
         ctx: ctx.clone(),
         neg,
     });
