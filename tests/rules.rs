@@ -335,3 +335,39 @@ async fn a_rule_sees_the_publishers_username_and_address() {
     assert_eq!(row, json!({"clientid": "named-dev", "username": "alice", "peerhost": "127.0.0.1"}));
     node.shutdown().await.unwrap();
 }
+
+/// `$events/session_subscribed` and `session_unsubscribed` reach rules, one event per
+/// filter, with the filter as `topic`, the granted `qos` and the client's user name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_and_unsubscribe_events_reach_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let a = node.admin_addr.unwrap();
+    let body = json!({"name": "subs",
+        "sql": r#"SELECT clientid, username, topic, qos, peerhost FROM "$events/session_subscribed", "$events/session_unsubscribed" WHERE clientid = 'dev-s'"#,
+        "actions": [{"republish": {"topic": "subs/${clientid}"}}]});
+    let (status, resp) = http(a, "POST", "/api/rules", &body.to_string()).await;
+    assert_eq!(status, 201, "{resp}");
+    let (w, mut wev) = client(port(&node), "subs-watch").await;
+    subscribed(&w, &mut wev, "subs/#").await;
+    let mut o = MqttOptions::new("dev-s", "127.0.0.1", port(&node));
+    o.set_credentials("bob", "");
+    let (dev, mut dev_ev) = AsyncClient::new(o, 10);
+    subscribed(&dev, &mut dev_ev, "cmd/dev-s/#").await;
+    let p = next_publish(&mut wev, Duration::from_secs(5)).await.expect("subscribed event");
+    let row = v(std::str::from_utf8(&p.payload).unwrap());
+    assert_eq!(
+        row,
+        json!({"clientid": "dev-s", "username": "bob", "topic": "cmd/dev-s/#", "qos": 1, "peerhost": "127.0.0.1"})
+    );
+    dev.unsubscribe("cmd/dev-s/#").await.unwrap();
+    loop {
+        if let Event::Incoming(RPacket::UnsubAck(_)) = dev_ev.poll().await.unwrap() {
+            break;
+        }
+    }
+    let p = next_publish(&mut wev, Duration::from_secs(5)).await.expect("unsubscribed event");
+    let row = v(std::str::from_utf8(&p.payload).unwrap());
+    assert_eq!((row["topic"].as_str(), row.get("qos")), (Some("cmd/dev-s/#"), None), "{row}");
+    node.shutdown().await.unwrap();
+}

@@ -128,6 +128,13 @@ impl RuleMetrics {
     }
 }
 
+/// The client an event is about.
+pub struct Who<'a> {
+    pub clientid: &'a str,
+    pub username: Option<&'a str>,
+    pub peer_ip: Option<std::net::IpAddr>,
+}
+
 pub struct RuleEngine {
     store: RuleStore,
     set: RwLock<Arc<RuleSet>>,
@@ -270,22 +277,25 @@ impl RuleEngine {
         any
     }
 
-    /// A broker event (`$events/client_connected`, `$events/client_disconnected`): rules
-    /// whose source matches `topic` run with the event's own columns. Nothing is built
-    /// when no rule reads the event.
+    /// A broker event (`$events/client_connected`, `client_disconnected`,
+    /// `session_subscribed`, `session_unsubscribed`): rules whose source matches `topic`
+    /// run with the event's own columns (which take precedence over the message columns
+    /// of the same name, as `topic` of a subscription event is its filter). Callers
+    /// build the columns only when [`RuleEngine::wants`] the event.
     pub fn on_event(
         &self,
         router: &Router,
         topic: &'static str,
-        clientid: &str,
-        peerhost: Option<&str>,
+        who: &Who<'_>,
         extra: &[(&str, Value)],
     ) {
         let Some((set, hits)) = self.matching(topic) else { return };
         let now = crate::broker::now_ms() as i64;
+        let peerhost = who.peer_ip.map(|ip| ip.to_string());
         let mut input = Input::message(topic, b"");
-        input.clientid = clientid;
-        input.peerhost = peerhost;
+        input.clientid = who.clientid;
+        input.username = who.username;
+        input.peerhost = peerhost.as_deref();
         input.timestamp_ms = now;
         input.now_ms = now;
         input.node = &self.node;

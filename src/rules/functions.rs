@@ -36,6 +36,9 @@ impl Cx<'_, '_> {
     pub fn column(&self, name: &str) -> Value {
         let i = self.input;
         let text = |s: &str| Value::Str(s.to_string());
+        if let Some((_, v)) = i.extra.iter().find(|(k, _)| *k == name) {
+            return v.clone();
+        }
         match name {
             "id" if !i.id.is_empty() => text(i.id),
             "clientid" => text(i.clientid),
@@ -56,9 +59,7 @@ impl Cx<'_, '_> {
             "peerhost" => i.peerhost.map(text).unwrap_or_default(),
             "timestamp" => Value::Int(i.timestamp_ms),
             "node" if !i.node.is_empty() => text(i.node),
-            _ => {
-                i.extra.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()).unwrap_or_default()
-            }
+            _ => Value::Undefined,
         }
     }
 }

@@ -11,6 +11,8 @@ use bytes::BytesMut;
 use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+
+use crate::rules::engine::Who;
 use tokio::time::Instant;
 
 use super::handshake::{self, Negotiated, Refused};
@@ -324,7 +326,12 @@ async fn open<S: DeviceIo>(
         conn.deliver(d);
     }
     let level = if conn.neg.protocol.is_v5() { 5 } else { 4 };
-    presence::connected(&ctx.router, &conn.client, conn.queue.id, peer.addr, level);
+    let who = Who {
+        clientid: &conn.client,
+        username: conn.username.as_deref(),
+        peer_ip: Some(peer.addr.ip()),
+    };
+    presence::connected(&ctx.router, &who, conn.queue.id, peer.addr, level);
     Some(conn)
 }
 

@@ -4,8 +4,14 @@
 
 use super::{Conn, End};
 use crate::auth::policy::Action;
+use crate::broker::now_ms;
 use crate::mqtt::{self, Packet, Properties, ReasonCode, SubAck, UnsubAck};
+use crate::rules::engine::Who;
+use crate::rules::Value;
 use crate::transport::limits;
+
+const SUBSCRIBED: &str = "$events/session_subscribed";
+const UNSUBSCRIBED: &str = "$events/session_unsubscribed";
 
 impl Conn {
     pub(super) async fn on_unsubscribe(&mut self, u: mqtt::Unsubscribe) -> Result<(), End> {
@@ -26,6 +32,14 @@ impl Conn {
             }
             Err(_) => vec![ReasonCode::UnspecifiedError; u.filters.len()],
         };
+        let removed: Vec<&str> = u
+            .filters
+            .iter()
+            .zip(&reasons)
+            .filter(|(_, r)| **r == ReasonCode::Success)
+            .map(|(f, _)| f.as_str())
+            .collect();
+        self.event(UNSUBSCRIBED, removed.into_iter().map(|f| (f, None)));
         let ack = UnsubAck { pkid: u.pkid, reasons, properties: Properties::default() };
         self.out.packet(&Packet::UnsubAck(ack), &self.ctx.metrics);
         Ok(())
@@ -107,11 +121,38 @@ impl Conn {
                 (vec![ReasonCode::UnspecifiedError; s.filters.len()], Vec::new())
             }
         };
+        let granted = s
+            .filters
+            .iter()
+            .zip(&reasons)
+            .filter(|(_, r)| !r.is_error())
+            .map(|((f, o), _)| (f.as_str(), Some(o.qos as u8)));
+        self.event(SUBSCRIBED, granted);
         let ack = SubAck { pkid: s.pkid, reasons, properties: Properties::default() };
         self.out.packet(&Packet::SubAck(ack), &self.ctx.metrics);
         for d in retained {
             self.deliver(d);
         }
         Ok(())
+    }
+
+    /// `$events/session_subscribed` / `session_unsubscribed`, one per filter (its
+    /// `topic`, and the granted `qos`), for the rules that select them.
+    fn event<'a>(&self, kind: &'static str, filters: impl Iterator<Item = (&'a str, Option<u8>)>) {
+        let router = &self.ctx.router;
+        let Some(r) = router.rules().filter(|r| r.wants(kind)) else { return };
+        let who = Who {
+            clientid: &self.client,
+            username: self.username.as_deref(),
+            peer_ip: Some(self.peer_ip),
+        };
+        let at = if kind == SUBSCRIBED { "subscribed_at" } else { "unsubscribed_at" };
+        for (f, qos) in filters {
+            let mut extra =
+                vec![("topic", Value::Str(f.to_string())), (at, Value::Int(now_ms() as i64))];
+            // An UNSUBSCRIBE names no QoS: Undefined, not the message column's 0.
+            extra.push(("qos", qos.map_or(Value::Undefined, |q| Value::Int(i64::from(q)))));
+            r.on_event(router, kind, &who, &extra);
+        }
     }
 }
