@@ -10,8 +10,9 @@
 //!   persistent MQTT sessions, offline queues and retained messages.
 //! - [`cluster`]: nodes replicating the groups over QUIC: transport, mutual TLS, fault
 //!   injection, members, placement and membership changes; routes between nodes and
-//!   forwarded publishes (`cluster::routes`, `cluster::forward`), failure detection
-//!   (`cluster::liveness`), leaving before a stop (`Cluster::hand_off_all`).
+//!   forwarded publishes (`cluster::routes`, `cluster::forward`; persistent sessions also
+//!   by their shard's routes, copies sent again in `cluster::forward::reroute`), failure
+//!   detection (`cluster::liveness`), leaving before a stop (`Cluster::hand_off_all`).
 //! - [`shadow`]: AWS IoT compatible device shadows: document rules, reserved topics.
 //! - [`jobs`]: AWS IoT compatible jobs: execution state machine, reserved topics, rollout.
 //! - [`registry`]: registered things (attributes, groups) and thing groups.
