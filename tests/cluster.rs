@@ -202,7 +202,8 @@ async fn leaders_spread_and_move_off_a_draining_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let admin = c.node(0).admin_addr.unwrap();
-    let (status, body) = common::http(admin, "POST", "/api/cluster/members/3/drain", "").await;
+    let (status, body, _) =
+        common::http_retrying(admin, "POST", "/api/cluster/members/3/drain", "").await;
     assert_eq!(status, 200, "{body}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while leads(&c, 2) > 0 {
@@ -210,7 +211,8 @@ async fn leaders_spread_and_move_off_a_draining_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.wait_settled(3, Duration::from_secs(20)).await;
-    let (status, body) = common::http(admin, "POST", "/api/cluster/members/3/undrain", "").await;
+    let (status, body, _) =
+        common::http_retrying(admin, "POST", "/api/cluster/members/3/undrain", "").await;
     assert_eq!(status, 200, "{body}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while leads(&c, 2) + 1 < groups / 3 {

@@ -369,7 +369,7 @@ async fn a_leader_hand_off_keeps_every_connection() {
 
     let admin = c.node(leader).admin_addr.unwrap();
     let path = format!("/api/cluster/members/{}/drain", leader + 1);
-    let (status, body) = common::http(admin, "POST", &path, "").await;
+    let (status, body, _) = common::http_retrying(admin, "POST", &path, "").await;
     assert_eq!(status, 200, "{body}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let new_leader = loop {

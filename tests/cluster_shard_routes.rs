@@ -207,7 +207,7 @@ async fn messages_published_on_the_old_leader_after_the_shard_left_it_are_queued
         tokio::time::sleep(Duration::from_millis(300)).await;
         let admin = c.node(l).admin_addr.unwrap();
         let path = format!("/api/cluster/members/{}/drain", l + 1);
-        let (status, body) = common::http(admin, "POST", &path, "").await;
+        let (status, body, _) = common::http_retrying(admin, "POST", &path, "").await;
         assert_eq!(status, 200, "{body}");
     };
     let (acked, ()) = tokio::join!(publish_until(c.node(l), &publisher, 3000, done), drain);

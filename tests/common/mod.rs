@@ -113,6 +113,28 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     http_as(addr, None, method, path, body).await
 }
 
+/// [`http`] as an API client of a cluster does it: a 503 (a leadership hand-off, as
+/// the placement controller still does right after a cluster settled; the outcome of a
+/// write answered so is unknown) is tried again, for up to 5 s. Returns the last answer
+/// and whether an earlier try was answered 503 (a 409 "exists" may then be our own).
+pub async fn http_retrying(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, bool) {
+    let mut unknown = false;
+    for _ in 0..50 {
+        let (status, answer) = http(addr, method, path, body).await;
+        if status != 503 {
+            return (status, answer, unknown);
+        }
+        unknown = true;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{method} {path}: 503 for 5 s")
+}
+
 /// The same with `Authorization: Bearer {token}`.
 pub async fn http_as(
     addr: SocketAddr,
