@@ -122,19 +122,35 @@ fn missing(acked: &BTreeSet<u32>, got: &BTreeSet<u32>) -> Vec<u32> {
     acked.difference(got).copied().collect()
 }
 
+/// In a settled cluster: `l` leads shard 1, `p` publishes (from a session in a shard
+/// it leads), `w` is the third node; `id` is a persistent session of shard 1,
+/// subscribed through `w` and offline.
+struct Roles {
+    l: usize,
+    p: usize,
+    w: usize,
+    id: String,
+    publisher: String,
+}
+
+async fn roles(c: &TestCluster) -> Roles {
+    c.wait_settled(3, Duration::from_secs(20)).await;
+    let l = c.leader_of(1).expect("shard 1 has a leader");
+    let (p, w) = ((l + 1) % 3, (l + 2) % 3);
+    let id = offline_subscriber(c, w).await;
+    let shards = c.cfgs[0].raft.shards;
+    let pub_shard = (1..=shards).find(|s| c.leader_of(*s) == Some(p)).unwrap_or(1);
+    let publisher = thing_in_shard(pub_shard, shards, "shard-routes-pub");
+    Roles { l, p, w, id, publisher }
+}
+
 /// Node L leads the session's shard and leaves (as at SIGTERM: it hands every group
 /// it leads to another voter) while a publisher on another node sends a message every
 /// 10 ms. Every message acknowledged meanwhile reaches the session's queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_acknowledged_while_the_sessions_shard_is_handed_off_are_queued() {
     let mut c = TestCluster::start_static(3).await;
-    c.wait_settled(3, Duration::from_secs(20)).await;
-    let l = c.leader_of(1).expect("shard 1 has a leader");
-    let (p, w) = ((l + 1) % 3, (l + 2) % 3);
-    let id = offline_subscriber(&c, w).await;
-    let shards = c.cfgs[0].raft.shards;
-    let pub_shard = (1..=shards).find(|s| c.leader_of(*s) == Some(p)).unwrap_or(1);
-    let publisher = thing_in_shard(pub_shard, shards, "shard-routes-pub");
+    let Roles { l, p, w, id, publisher } = roles(&c).await;
 
     let leave = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -159,13 +175,7 @@ async fn messages_acknowledged_after_the_sessions_leader_is_lost_are_queued() {
         cfg.cluster.rpc_timeout_ms = 1000;
     })
     .await;
-    c.wait_settled(3, Duration::from_secs(20)).await;
-    let l = c.leader_of(1).expect("shard 1 has a leader");
-    let (p, w) = ((l + 1) % 3, (l + 2) % 3);
-    let id = offline_subscriber(&c, w).await;
-    let shards = c.cfgs[0].raft.shards;
-    let pub_shard = (1..=shards).find(|s| c.leader_of(*s) == Some(p)).unwrap_or(1);
-    let publisher = thing_in_shard(pub_shard, shards, "shard-routes-pub");
+    let Roles { l, p, w, id, publisher } = roles(&c).await;
 
     let cut = async {
         tokio::time::sleep(Duration::from_millis(500)).await;

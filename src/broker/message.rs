@@ -30,18 +30,19 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// Client id of the publisher, for no-local subscriptions.
     pub origin: Option<Arc<str>>,
-    /// Who published it, for rules that read `username` / `peerhost`: set only when a
-    /// rule's source matches the topic (an allocation per such message, none otherwise).
+    /// The connection that published it (shared by its messages), for rules that read
+    /// `username` / `peerhost`; None for broker-made and forwarded messages.
     pub publisher: Option<Arc<Publisher>>,
 }
 
-/// The connection a message came from, as rules see it.
+/// The connection a message (or a broker event) came from, as rules see it: one per
+/// connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publisher {
     /// The CONNECT packet's user name.
     pub username: Option<Arc<str>>,
-    /// The client's IP address, as text.
-    pub peerhost: String,
+    /// The client's IP address.
+    pub peer_ip: std::net::IpAddr,
 }
 
 impl Message {

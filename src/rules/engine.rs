@@ -128,13 +128,6 @@ impl RuleMetrics {
     }
 }
 
-/// The client an event is about.
-pub struct Who<'a> {
-    pub clientid: &'a str,
-    pub username: Option<&'a str>,
-    pub peer_ip: Option<std::net::IpAddr>,
-}
-
 pub struct RuleEngine {
     store: RuleStore,
     set: RwLock<Arc<RuleSet>>,
@@ -240,10 +233,9 @@ impl RuleEngine {
         input.now_ms = now;
         input.node = &self.node;
         input.user_props = &msg.props.user_properties;
-        if let Some(p) = &msg.publisher {
-            input.username = p.username.as_deref();
-            input.peerhost = Some(&p.peerhost);
-        }
+        let peerhost = msg.publisher.as_ref().map(|p| p.peer_ip.to_string());
+        input.peerhost = peerhost.as_deref();
+        input.username = msg.publisher.as_ref().and_then(|p| p.username.as_deref());
         input.shadows = self.shadow_reader();
         run_rules(&set, &hits, &input, router, routed);
     }
@@ -286,16 +278,17 @@ impl RuleEngine {
         &self,
         router: &Router,
         topic: &'static str,
-        who: &Who<'_>,
+        clientid: &str,
+        who: &crate::broker::Publisher,
         extra: &[(&str, Value)],
     ) {
         let Some((set, hits)) = self.matching(topic) else { return };
         let now = crate::broker::now_ms() as i64;
-        let peerhost = who.peer_ip.map(|ip| ip.to_string());
+        let peerhost = who.peer_ip.to_string();
         let mut input = Input::message(topic, b"");
-        input.clientid = who.clientid;
-        input.username = who.username;
-        input.peerhost = peerhost.as_deref();
+        input.clientid = clientid;
+        input.username = who.username.as_deref();
+        input.peerhost = Some(&peerhost);
         input.timestamp_ms = now;
         input.now_ms = now;
         input.node = &self.node;

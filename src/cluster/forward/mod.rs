@@ -592,13 +592,12 @@ impl Forwarder for Arc<Routing> {
         let reached = targets.len() + usize::from(!pending.is_empty());
         // Each matched shard's sessions are reached through one path: every other copy,
         // and this node's own trie unless it serves the shard, skips them.
-        let all: Vec<u32> = targets
-            .iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .chain(pending.iter().copied())
-            .collect();
-        skip.extend_from_slice(&all);
+        let from = skip.len();
+        skip.extend(targets.iter().flat_map(|(_, v)| v.iter().copied()));
+        skip.extend_from_slice(&pending);
+        let all = &skip[from..];
         for (node, shards) in targets {
+            // Allocates only when another path has shards.
             let others: Vec<u32> = all.iter().copied().filter(|s| !shards.contains(s)).collect();
             let ack = acked.then(|| {
                 let (tx, rx) = oneshot::channel();

@@ -52,17 +52,7 @@ impl Routing {
             };
             drop(router);
             if routed.found > 0 {
-                let within = self.timeout / 2;
-                let mut result = Ok(());
-                for a in routed.acks.into_iter().filter(|a| matches!(a, AckWait::Durable(_))) {
-                    match tokio::time::timeout(within, a.wait()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => result = Err(e),
-                        Err(_) => {
-                            result = Err(StoreError::Unavailable("not stored in time".into()))
-                        }
-                    }
-                }
+                let result = stored(routed.acks, self.timeout / 2).await;
                 self.metrics.forwarded.with_label_values(&["rerouted"]).inc();
                 let _ = ack.send(result);
                 return;
@@ -111,14 +101,7 @@ impl Routing {
                 result = Err(StoreError::Unavailable(format!("node {n}: forward queue full")));
             }
         }
-        for w in waits {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(StoreError::Unavailable("forward queue closed".into())),
-            }
-        }
-        let _ = ack.send(result);
+        let _ = ack.send(answered(waits, result).await);
     }
 
     /// A QoS 1/2 copy for persistent sessions of `copy.shards` that did not reach
@@ -173,16 +156,7 @@ impl Routing {
                     router.publish_forwarded_scoped(copy.msg.clone(), &scope).acks
                 };
                 drop(router);
-                let within = self.timeout / 2;
-                for a in acks.into_iter().filter(|a| matches!(a, AckWait::Durable(_))) {
-                    match tokio::time::timeout(within, a.wait()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => result = Err(e),
-                        Err(_) => {
-                            result = Err(StoreError::Unavailable("not stored in time".into()))
-                        }
-                    }
-                }
+                result = stored(acks, self.timeout / 2).await;
             }
         }
         let late = copy.born.elapsed() >= self.shard_patience();
@@ -257,13 +231,35 @@ impl Routing {
             waits.push(rx);
             tokio::spawn(self.clone().reroute(c, self.me));
         }
-        for w in waits {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(StoreError::Unavailable("forward queue closed".into())),
-            }
-        }
-        let _ = ack.send(result);
+        let _ = ack.send(answered(waits, result).await);
     }
+}
+
+/// Waits for the durable writes among `acks`, each for at most `within`: the last
+/// failure, if any.
+async fn stored(acks: Vec<AckWait>, within: std::time::Duration) -> Result<(), StoreError> {
+    let mut result = Ok(());
+    for a in acks.into_iter().filter(|a| matches!(a, AckWait::Durable(_))) {
+        match tokio::time::timeout(within, a.wait()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(StoreError::Unavailable("not stored in time".into())),
+        }
+    }
+    result
+}
+
+/// The answers for copies sent on: `result` unless one of them failed.
+async fn answered(
+    waits: Vec<oneshot::Receiver<Result<(), StoreError>>>,
+    mut result: Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for w in waits {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(StoreError::Unavailable("forward queue closed".into())),
+        }
+    }
+    result
 }

@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 
-use crate::broker::{now_ms, Router};
-use crate::rules::engine::Who;
+use crate::broker::{now_ms, Publisher, Router};
 use crate::rules::Value;
 
 /// A client id that cannot be part of a topic name (wildcards) gets no event.
@@ -22,8 +21,14 @@ fn topic(kind: &str, client: &str) -> Option<String> {
 
 /// Publishes the `connected` event. `version` orders a client's events (the connection
 /// id: it grows with every connection on this node).
-pub fn connected(router: &Router, who: &Who<'_>, version: u64, peer: SocketAddr, proto: u8) {
-    let client = who.clientid;
+pub fn connected(
+    router: &Router,
+    client: &str,
+    who: &Publisher,
+    version: u64,
+    peer: SocketAddr,
+    proto: u8,
+) {
     const CONNECTED: &str = "$events/client_connected";
     if let Some(r) = router.rules().filter(|r| r.wants(CONNECTED)) {
         let extra = [
@@ -31,7 +36,7 @@ pub fn connected(router: &Router, who: &Who<'_>, version: u64, peer: SocketAddr,
             ("proto_ver", Value::Int(i64::from(proto))),
             ("connected_at", Value::Int(now_ms() as i64)),
         ];
-        r.on_event(router, CONNECTED, who, &extra);
+        r.on_event(router, CONNECTED, client, who, &extra);
     }
     let Some(topic) = topic("connected", client) else { return };
     let body = json!({
@@ -47,15 +52,21 @@ pub fn connected(router: &Router, who: &Who<'_>, version: u64, peer: SocketAddr,
 }
 
 /// Publishes the `disconnected` event; `reason` is one of AWS's disconnect reasons.
-pub fn disconnected(router: &Router, who: &Who<'_>, version: u64, reason: &str, label: &str) {
-    let client = who.clientid;
+pub fn disconnected(
+    router: &Router,
+    client: &str,
+    who: &Publisher,
+    version: u64,
+    reason: &str,
+    label: &str,
+) {
     const DISCONNECTED: &str = "$events/client_disconnected";
     if let Some(r) = router.rules().filter(|r| r.wants(DISCONNECTED)) {
         let extra = [
             ("reason", Value::Str(label.to_string())),
             ("disconnected_at", Value::Int(now_ms() as i64)),
         ];
-        r.on_event(router, DISCONNECTED, who, &extra);
+        r.on_event(router, DISCONNECTED, client, who, &extra);
     }
     let Some(topic) = topic("disconnected", client) else { return };
     let body = json!({

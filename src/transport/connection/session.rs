@@ -12,7 +12,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::rules::engine::Who;
+use crate::broker::Publisher;
 use tokio::time::Instant;
 
 use super::handshake::{self, Negotiated, Refused};
@@ -135,9 +135,9 @@ struct Conn {
     limiter: Option<Box<ConnLimiter>>,
     /// When the client last sent anything (keep-alive).
     last_read: Instant,
-    /// CONNECT's user name and the client's address, for rules' `username` / `peerhost`.
-    username: Option<Arc<str>>,
-    peer_ip: std::net::IpAddr,
+    /// CONNECT's user name and the client's address, for rules' `username` / `peerhost`
+    /// (its messages share it).
+    publisher: Arc<Publisher>,
 }
 
 /// Serves one device connection from CONNECT to close.
@@ -293,8 +293,10 @@ async fn open<S: DeviceIo>(
         _address: address,
         limiter: ConnLimiter::new(limits, std::time::Instant::now()),
         last_read: Instant::now(),
-        username: connect.username.as_deref().map(Arc::from),
-        peer_ip: peer.addr.ip(),
+        publisher: Arc::new(Publisher {
+            username: connect.username.as_deref().map(Arc::from),
+            peer_ip: peer.addr.ip(),
+        }),
         ctx: ctx.clone(),
         neg,
     });
@@ -326,12 +328,14 @@ async fn open<S: DeviceIo>(
         conn.deliver(d);
     }
     let level = if conn.neg.protocol.is_v5() { 5 } else { 4 };
-    let who = Who {
-        clientid: &conn.client,
-        username: conn.username.as_deref(),
-        peer_ip: Some(peer.addr.ip()),
-    };
-    presence::connected(&ctx.router, &who, conn.queue.id, peer.addr, level);
+    presence::connected(
+        &ctx.router,
+        &conn.client,
+        &conn.publisher,
+        conn.queue.id,
+        peer.addr,
+        level,
+    );
     Some(conn)
 }
 

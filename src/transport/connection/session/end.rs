@@ -11,7 +11,6 @@ use super::{Conn, End, RECENT_DONE, RESUME_WITHIN};
 use crate::broker::LiveState;
 use crate::device::{AttachRequest, Resume};
 use crate::mqtt::{Disconnect, Packet, Properties, ReasonCode};
-use crate::rules::engine::Who;
 use crate::session::{Outgoing, SessionRecord};
 use crate::transport::connection::presence;
 use crate::transport::connection::DeviceIo;
@@ -160,12 +159,8 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         tracing::debug!(message = "client disconnected", client = %self.client, reason = label);
         self.flush_delivered();
-        let who = Who {
-            clientid: &self.client,
-            username: self.username.as_deref(),
-            peer_ip: Some(self.peer_ip),
-        };
-        presence::disconnected(&self.ctx.router, &who, self.queue.id, aws, label);
+        let (router, client) = (&self.ctx.router, &self.client);
+        presence::disconnected(router, client, &self.publisher, self.queue.id, aws, label);
         let live = self.live_state();
         match end {
             End::TakenOver(reply) => {

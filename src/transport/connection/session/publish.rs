@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{reserved, AckDone, Conn, End, MAX_OWED_ACKS, MAX_PAUSE};
 use crate::auth::policy::Action;
-use crate::broker::{app_properties, now_ms, AckWait, Message, Publisher};
+use crate::broker::{app_properties, now_ms, AckWait, Message};
 use crate::mqtt::{self, Packet, Properties, PubResp, QoS, ReasonCode};
 use crate::transport::limits;
 
@@ -115,13 +115,6 @@ impl Conn {
             };
         }
         let now = now_ms();
-        // Rules that read this topic see who published it.
-        let publisher = self.ctx.router.rules().filter(|r| r.wants(&topic)).map(|_| {
-            Arc::new(Publisher {
-                username: self.username.clone(),
-                peerhost: self.peer_ip.to_string(),
-            })
-        });
         let msg = Arc::new(Message {
             topic,
             payload: p.payload,
@@ -130,7 +123,7 @@ impl Conn {
             props: if v5 { app_properties(&p.properties) } else { Properties::default() },
             expires_at_ms: p.properties.message_expiry_interval.map(|s| now + u64::from(s) * 1000),
             origin: Some(self.client.clone()),
-            publisher,
+            publisher: Some(self.publisher.clone()),
         });
         let reserved = if msg.topic.starts_with("$aws/") {
             reserved::route(&self.ctx, &self.slot, &msg)

@@ -6,7 +6,6 @@ use super::{Conn, End};
 use crate::auth::policy::Action;
 use crate::broker::now_ms;
 use crate::mqtt::{self, Packet, Properties, ReasonCode, SubAck, UnsubAck};
-use crate::rules::engine::Who;
 use crate::rules::Value;
 use crate::transport::limits;
 
@@ -141,18 +140,13 @@ impl Conn {
     fn event<'a>(&self, kind: &'static str, filters: impl Iterator<Item = (&'a str, Option<u8>)>) {
         let router = &self.ctx.router;
         let Some(r) = router.rules().filter(|r| r.wants(kind)) else { return };
-        let who = Who {
-            clientid: &self.client,
-            username: self.username.as_deref(),
-            peer_ip: Some(self.peer_ip),
-        };
         let at = if kind == SUBSCRIBED { "subscribed_at" } else { "unsubscribed_at" };
         for (f, qos) in filters {
             let mut extra =
                 vec![("topic", Value::Str(f.to_string())), (at, Value::Int(now_ms() as i64))];
             // An UNSUBSCRIBE names no QoS: Undefined, not the message column's 0.
             extra.push(("qos", qos.map_or(Value::Undefined, |q| Value::Int(i64::from(q)))));
-            r.on_event(router, kind, &who, &extra);
+            r.on_event(router, kind, &self.client, &self.publisher, &extra);
         }
     }
 }
